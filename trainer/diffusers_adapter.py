@@ -1,0 +1,58 @@
+"""Adapters from diffusers' UNet2DConditionModel / AutoencoderKL / a CLIP text model to the engine's interfaces.
+
+Used by the engine tests and by headless use; ComfyUI objects have their own adapter in nodes/.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .interfaces import TrainableModel
+from .kohya_names import transformer_targets
+from .objective import scaled_linear_alphas_cumprod
+
+SD1_LATENT_SCALE = 0.18215
+
+
+class DiffusersUNetDenoiser:
+    def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", latent_scale: float = SD1_LATENT_SCALE):
+        self.unet = unet
+        self.prediction_type = prediction_type
+        self.latent_scale = latent_scale
+        self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        self.device = next(unet.parameters()).device
+        self.dtype = next(unet.parameters()).dtype
+
+    def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return raw_latents * self.latent_scale
+
+    def __call__(self, noisy_latents, timesteps, context):
+        return self.unet(noisy_latents.to(self.dtype), timesteps, encoder_hidden_states=context.to(self.dtype)).sample
+
+
+class DiffusersVAEEncoder:
+    """Encodes with the posterior mean, as ComfyUI's VAE.encode does (see latent_cache notes)."""
+
+    def __init__(self, vae: nn.Module):
+        self.vae = vae
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        param = next(self.vae.parameters())
+        images = (pixels.permute(0, 3, 1, 2) * 2.0 - 1.0).to(param.device, param.dtype)
+        return self.vae.encode(images).latent_dist.mean
+
+
+class FunctionCaptionEncoder:
+    def __init__(self, encode: Callable[[str], torch.Tensor]):
+        self._encode = encode
+
+    def encode(self, caption: str) -> torch.Tensor:
+        return self._encode(caption)
+
+
+def diffusers_sd1_trainable(unet: nn.Module, caption_encoder, prediction_type: str = "epsilon") -> TrainableModel:
+    targets = transformer_targets(unet, ("Transformer2DModel",))
+    return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, "sd_v1", caption_encoder)

@@ -1,0 +1,25 @@
+"""Errors a user can act on.
+
+Every error the engine raises on bad input is a `TrainerError`: its message says what is wrong, where,
+and how to fix it, so the ComfyUI side can show it as is instead of a stack trace from inside torch.
+"""
+
+
+class TrainerError(Exception):
+    """Bad input or state that the user can fix; the message is meant to be shown verbatim."""
+
+
+class DatasetError(TrainerError):
+    """The dataset folder is missing, empty, or not in kohya's `N_name` layout."""
+
+
+class ConfigError(TrainerError):
+    """A setting is out of range or settings contradict each other."""
+
+
+class ModelError(TrainerError):
+    """The model handed to the trainer is not one this version can train."""
+
+
+class SaveError(TrainerError):
+    """A LoRA file could not be written where it was asked to go."""

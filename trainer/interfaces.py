@@ -1,0 +1,68 @@
+"""The small interfaces the engine trains through.
+
+The engine never sees ComfyUI or diffusers objects: an adapter (nodes/comfy_model.py for ComfyUI,
+trainer/diffusers_adapter.py for diffusers) hands it these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import nn
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class Denoiser(Protocol):
+    """The diffusion network as the training objective calls it.
+
+    `alphas_cumprod` is the 1000-step DDPM schedule (kohya: scaled_linear 0.00085..0.012);
+    `__call__` takes the kohya-form noisy latents sqrt(a)*x0 + sqrt(1-a)*eps, integer timesteps and
+    the text context, and returns the raw network output (eps or v, per `prediction_type`).
+    """
+
+    prediction_type: str
+    alphas_cumprod: torch.Tensor
+    device: torch.device
+
+    def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
+                 context: torch.Tensor) -> torch.Tensor: ...
+
+
+class CaptionEncoder(Protocol):
+    """Turns one caption into text-encoder hidden states of shape [1, tokens, dim]."""
+
+    def encode(self, caption: str) -> torch.Tensor: ...
+
+
+class LatentEncoder(Protocol):
+    """Turns images [B, H, W, 3] in 0..1 into raw (unscaled) VAE latents [B, C, H/8, W/8]."""
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainableModel:
+    """What one training run needs from a model.
+
+    `lora_targets` maps kohya LoRA module names (`lora_unet_...`) to the layers to wrap, in the
+    model's module order; `frozen_root` is the network whose weights stay frozen while training.
+    """
+
+    denoiser: Denoiser
+    lora_targets: dict[str, nn.Module]
+    frozen_root: nn.Module
+    base_model_version: str          # kohya's ss_base_model_version, e.g. "sd_v1"
+    caption_encoder: CaptionEncoder
+
+
+def frozen_parameter_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def unique_in_order(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,141 @@
+"""The saved LoRA file: kohya keys, kohya's ss_* / modelspec metadata, hashes, atomic writes, safe names."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import safetensors.torch
+import torch
+
+from .errors import SaveError
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ARCHITECTURES = {"sd_v1": "stable-diffusion-v1/lora"}
+
+
+@dataclass
+class TrainedLora:
+    """What Train hands to Save Safetensors (TRAINED_LORA): fp32 tensors under kohya keys plus metadata."""
+
+    run_name: str
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    steps: int
+    epoch: int
+
+    @property
+    def module_names(self) -> list[str]:
+        return sorted({key.split(".", 1)[0] for key in self.tensors})
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4().int % 2**31)
+
+
+def model_spec(base_model_version: str, title: str, resolution: tuple[int, int], prediction_type: str,
+               date: datetime.datetime) -> dict[str, str]:
+    """kohya's modelspec keys for a LoRA (sai_model_spec 1.0.1)."""
+    return {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": ARCHITECTURES[base_model_version],
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.date": date.isoformat(timespec="seconds"),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+    }
+
+
+def with_save_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """Add kohya's sshs_model_hash / sshs_legacy_hash (sd-webui-additional-networks' hashes).
+
+    Both are taken over an in-memory serialisation whose header holds only the ss_* keys; the model
+    hash covers the tensor bytes after the header, so it does not change with the metadata.
+    """
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    blob = safetensors.torch.save(tensors, ss_only)
+    header_length = int.from_bytes(blob[:8], "little")
+    model_hash = hashlib.sha256(blob[8 + header_length:]).hexdigest()
+    legacy_hash = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    return {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
+
+
+def checked_file_name(name: str) -> str:
+    """A LoRA file name relative to the loras folder: sub-folders allowed, nothing that leaves it."""
+    cleaned = name.strip().replace("\\", "/")
+    if cleaned.lower().endswith(".safetensors"):
+        cleaned = cleaned[: -len(".safetensors")]
+    parts = [p for p in cleaned.split("/") if p not in ("", ".")]
+    if not parts:
+        raise SaveError("The LoRA file name is empty; type a name such as 'my_character'.")
+    if os.path.isabs(name.strip()) or re.match(r"^[A-Za-z]:", cleaned) or ".." in parts:
+        raise SaveError(f"The file name {name!r} points outside the loras folder; use a plain name such as "
+                        "'my_character' or a sub-folder such as 'characters/my_character'.")
+    bad = set(re.findall(r'[<>:"|?*\x00-\x1f]', "/".join(parts)))
+    if bad:
+        raise SaveError(f"The file name {name!r} contains {' '.join(sorted(bad))}, which file systems refuse; "
+                        "remove them.")
+    return "/".join(parts)
+
+
+def unused_path(folder: str, name: str, suffix: str = ".safetensors") -> str:
+    """`folder/name+suffix`, or `name_2`, `name_3`, ... when taken: never silently overwrite."""
+    base = os.path.join(folder, checked_file_name(name))
+    real_folder = os.path.realpath(folder)
+    if os.path.commonpath([real_folder, os.path.realpath(base)]) != real_folder:
+        raise SaveError(f"The file name {name!r} resolves outside {folder}; choose another name.")
+    candidate, counter = base + suffix, 1
+    while os.path.exists(candidate):
+        counter += 1
+        candidate = f"{base}_{counter}{suffix}"
+    return candidate
+
+
+def write_safetensors_atomic(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+    os.close(handle)
+    try:
+        safetensors.torch.save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16") -> str:
+    """Save under `folder` (numbering the name if taken) in `precision`; returns the written path."""
+    if precision not in SAVE_DTYPES:
+        raise SaveError(f"Save precision {precision!r} is unknown; choose one of {', '.join(SAVE_DTYPES)}.")
+    dtype = SAVE_DTYPES[precision]
+    tensors = {key: value.to(dtype).contiguous() for key, value in lora.tensors.items()}
+    metadata = dict(lora.metadata)
+    metadata["ss_training_finished_at"] = metadata.get("ss_training_finished_at", str(datetime.datetime.now().timestamp()))
+    metadata["ss_save_precision"] = precision
+    metadata = with_save_hashes(tensors, metadata)
+    path = unused_path(folder, name)
+    try:
+        write_safetensors_atomic(path, tensors, metadata)
+    except OSError as exc:
+        raise SaveError(f"Could not write {path}: {exc.strerror or exc}. Check that the folder is writable "
+                        "and the disk has room.") from None
+    return path
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    with safetensors.safe_open(path, "pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def json_text(value) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,111 @@
+"""kohya's ss_* training metadata for a finished (or interrupted) run; every value a string, as kohya writes."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from .latent_cache import LatentCache, tag_frequency
+from .lora_file import json_text, model_spec
+from .loop import TrainProgress
+from .network import NetworkConfig
+from .optim import OptimizerConfig
+from .plan import TrainPlan, TrainSettings
+
+NETWORK_MODULE = "networks.lora"
+
+
+def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, network: NetworkConfig,
+                      optimizer: OptimizerConfig, settings: TrainSettings, plan: TrainPlan,
+                      progress: TrainProgress, base_model_version: str, prediction_type: str,
+                      clip_skip: int | None = None) -> dict[str, str]:
+    resolution = cache.settings.resolution
+    dataset_dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.images)}
+                    for s in cache.dataset.subsets if not s.is_reg}
+    reg_dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.images)}
+                for s in cache.dataset.subsets if s.is_reg}
+    values = {
+        "ss_session_id": session_id,
+        "ss_training_started_at": progress.started_at,
+        "ss_training_finished_at": progress.finished_at,
+        "ss_output_name": run_name,
+        "ss_learning_rate": optimizer.learning_rate,
+        "ss_text_encoder_lr": None,
+        "ss_unet_lr": optimizer.learning_rate,
+        "ss_num_train_images": cache.dataset.num_train_images,
+        "ss_num_validation_images": 0,
+        "ss_num_reg_images": 0,
+        "ss_num_batches_per_epoch": plan.batches_per_epoch,
+        "ss_num_epochs": plan.epochs,
+        "ss_gradient_checkpointing": False,
+        "ss_gradient_accumulation_steps": 1,
+        "ss_max_train_steps": plan.total_steps,
+        "ss_lr_warmup_steps": optimizer.warmup_steps(plan.total_steps),
+        "ss_lr_scheduler": optimizer.effective_scheduler(),
+        "ss_network_module": NETWORK_MODULE,
+        "ss_network_dim": network.rank,
+        "ss_network_alpha": network.effective_alpha,
+        "ss_network_dropout": None,
+        "ss_network_args": None,
+        "ss_mixed_precision": "bf16" if settings.precision == "bf16" else "no",
+        "ss_full_fp16": False,
+        "ss_v2": False,
+        "ss_base_model_version": base_model_version,
+        "ss_clip_skip": clip_skip,
+        "ss_max_token_length": None,
+        "ss_cache_latents": True,
+        "ss_seed": settings.seed,
+        "ss_lowram": False,
+        "ss_noise_offset": None,
+        "ss_multires_noise_iterations": None,
+        "ss_multires_noise_discount": None,
+        "ss_adaptive_noise_scale": None,
+        "ss_zero_terminal_snr": False,
+        "ss_training_comment": None,
+        "ss_sd_scripts_commit_hash": "comfyui-lora-trainer",
+        "ss_optimizer": optimizer.optimizer_string(),
+        "ss_max_grad_norm": optimizer.max_grad_norm,
+        "ss_caption_dropout_rate": 0.0,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_face_crop_aug_range": None,
+        "ss_prior_loss_weight": 1.0,
+        "ss_min_snr_gamma": None,
+        "ss_scale_weight_norms": None,
+        "ss_ip_noise_gamma": None,
+        "ss_debiased_estimation": False,
+        "ss_noise_offset_random_strength": False,
+        "ss_ip_noise_gamma_random_strength": False,
+        "ss_loss_type": "l2",
+        "ss_huber_schedule": "snr",
+        "ss_huber_scale": 1.0,
+        "ss_huber_c": 0.1,
+        "ss_fp8_base": False,
+        "ss_fp8_base_unet": False,
+        "ss_batch_size_per_device": settings.batch_size,
+        "ss_total_batch_size": settings.batch_size,
+        "ss_resolution": f"({resolution[0]}, {resolution[1]})",
+        "ss_color_aug": False,
+        "ss_flip_aug": False,
+        "ss_random_crop": False,
+        "ss_shuffle_caption": False,
+        "ss_keep_tokens": 0,
+        "ss_enable_bucket": True,
+        "ss_bucket_no_upscale": cache.settings.no_upscale,
+        "ss_min_bucket_reso": cache.settings.min_bucket_reso,
+        "ss_max_bucket_reso": cache.settings.max_bucket_reso,
+        "ss_bucket_info": json_text(cache.bucket_info()),
+        "ss_dataset_dirs": json_text(dataset_dirs),
+        "ss_reg_dataset_dirs": json_text(reg_dirs),
+        "ss_tag_frequency": json_text(tag_frequency(cache)),
+        "ss_steps": progress.step,
+        "ss_epoch": progress.epoch,
+    }
+    metadata = {key: str(value) for key, value in values.items()}
+    date = datetime.datetime.fromtimestamp(progress.started_at)
+    metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, date))
+    return metadata
+
+
+def dataset_label(cache: LatentCache) -> str:
+    return os.path.basename(cache.dataset.root.rstrip(os.sep))

@@ -1,0 +1,77 @@
+"""Step counts and batch order, as kohya computes them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .latent_cache import CachedSample, LatentCache, batches_per_epoch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The Train node's run settings."""
+
+    output_name: str = "my_lora"
+    epochs: int = 10
+    max_steps: int = 0               # 0: no limit; otherwise the run stops after this many steps
+    batch_size: int = 1
+    seed: int = 42
+    precision: str = "fp32"          # fp32, or bf16 autocast with fp32 LoRA weights
+    save_every_n_epochs: int = 0     # 0: only the final LoRA
+
+    def validated(self) -> "TrainSettings":
+        if self.epochs < 1:
+            raise ConfigError(f"epochs is {self.epochs}; it must be 1 or more.")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps is {self.max_steps}; use 0 for no limit, or a positive step count.")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size is {self.batch_size}; it must be 1 or more.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}.")
+        if self.save_every_n_epochs < 0:
+            raise ConfigError("save_every_n_epochs must be 0 (off) or more.")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    batches_per_epoch: int
+    epochs: int
+    total_steps: int
+
+    def describe(self) -> str:
+        return (f"{self.batches_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = "
+                f"{self.total_steps} step(s)")
+
+
+def plan_run(cache: LatentCache, settings: TrainSettings) -> TrainPlan:
+    """kohya: steps per epoch = sum over buckets of ceil(images x repeats / batch); a step limit caps the run."""
+    per_epoch = batches_per_epoch(cache, settings.batch_size)
+    if per_epoch == 0:
+        raise ConfigError("The latent cache holds no images; check the dataset node.")
+    total = settings.epochs * per_epoch
+    epochs = settings.epochs
+    if settings.max_steps:
+        total = min(total, settings.max_steps)
+        epochs = -(-total // per_epoch)
+    return TrainPlan(per_epoch, epochs, total)
+
+
+def epoch_batches(cache: LatentCache, batch_size: int, seed: int, epoch: int) -> list[list[CachedSample]]:
+    """One epoch's batches: each image `repeats` times, never mixing buckets, order reshuffled per epoch.
+
+    As kohya's shuffle_buckets: a generator seeded with seed + epoch shuffles each bucket's contents and
+    then the list of bucket-batches.
+    """
+    rng = random.Random(seed + epoch)
+    batches = []
+    for size in sorted(cache.buckets):
+        expanded = [sample for sample in cache.buckets[size] for _ in range(sample.repeats)]
+        rng.shuffle(expanded)
+        batches.extend(expanded[i:i + batch_size] for i in range(0, len(expanded), batch_size))
+    rng.shuffle(batches)
+    return batches
