@@ -7,13 +7,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass
 
 import safetensors.torch
 import torch
 
+from .atomic_files import write_atomic
 from .errors import SaveError
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -98,21 +98,6 @@ def unused_path(folder: str, name: str, suffix: str = ".safetensors") -> str:
     return candidate
 
 
-def write_safetensors_atomic(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
-    os.close(handle)
-    try:
-        safetensors.torch.save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16") -> str:
     """Save under `folder` (numbering the name if taken) in `precision`; returns the written path."""
     if precision not in SAVE_DTYPES:
@@ -125,7 +110,7 @@ def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16"
     metadata = with_save_hashes(tensors, metadata)
     path = unused_path(folder, name)
     try:
-        write_safetensors_atomic(path, tensors, metadata)
+        write_atomic(path, safetensors.torch.save(tensors, metadata))
     except OSError as exc:
         raise SaveError(f"Could not write {path}: {exc.strerror or exc}. Check that the folder is writable "
                         "and the disk has room.") from None

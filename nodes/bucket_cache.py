@@ -1,0 +1,54 @@
+"""Bucket & Cache Latents: kohya aspect-ratio buckets, resize + centre crop, VAE-encode once into memory."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..trainer.buckets import BucketSettings
+from ..trainer.latent_cache import cache_latents
+from .comfy_host import ProgressReporter
+from .comfy_model import ComfyVAEEncoder
+from .wire_types import CATEGORY, LoraDataset, LoraLatents
+
+
+class LoRABucketCacheLatents(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoRABucketCacheLatents",
+            display_name="Bucket & Cache Latents",
+            category=CATEGORY,
+            description="Sorts images into kohya's aspect-ratio buckets, resizes and centre-crops them, and "
+                        "encodes each once with the VAE.",
+            inputs=[
+                LoraDataset.Input("dataset"),
+                io.Vae.Input("vae"),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=64,
+                             tooltip="Training resolution; buckets keep about this many pixels (512 for SD1.5)."),
+                io.Int.Input("min_bucket_reso", default=256, min=64, max=4096, step=64),
+                io.Int.Input("max_bucket_reso", default=1024, min=64, max=8192, step=64),
+                io.Int.Input("bucket_reso_steps", default=64, min=8, max=256, step=8,
+                             tooltip="Bucket sides are multiples of this (kohya requires 64 for SD1.x)."),
+                io.Boolean.Input("bucket_no_upscale", default=False,
+                                 tooltip="Never enlarge small images; buckets follow each image's own size."),
+                io.Int.Input("vae_batch_size", default=1, min=1, max=64,
+                             tooltip="Images encoded per VAE call; higher is faster and needs more memory."),
+                io.Combo.Input("cache", options=["memory"], default="memory",
+                               tooltip="Where latents are kept between runs."),
+            ],
+            outputs=[LoraLatents.Output(display_name="latents")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, dataset, vae, resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps,
+                bucket_no_upscale, vae_batch_size, cache) -> io.NodeOutput:
+        settings = BucketSettings((resolution, resolution), min_bucket_reso, max_bucket_reso, bucket_reso_steps,
+                                  bucket_no_upscale)
+        reporter = ProgressReporter(cls.hidden.unique_id, max(1, dataset.num_images))
+        # ComfyUI runs nodes under inference_mode; cached latents must be ordinary tensors for training
+        with torch.inference_mode(False), torch.no_grad():
+            latents = cache_latents(dataset, ComfyVAEEncoder(vae), settings, vae_batch_size,
+                                    progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"))
+        return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

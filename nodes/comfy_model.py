@@ -1,0 +1,118 @@
+"""Adapters from ComfyUI's MODEL / CLIP / VAE to the engine's interfaces (trainer.interfaces).
+
+The one place that knows how ComfyUI lays out a model: the UNet to call, its sampling schedule, its
+LoRA key mapping, and how CLIP and VAE encode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..trainer.errors import ModelError
+from ..trainer.interfaces import TrainableModel
+from ..trainer.kohya_names import transformer_targets
+
+# ComfyUI's class for what kohya (and diffusers) call Transformer2DModel
+COMFY_TRANSFORMER_CLASSES = ("SpatialTransformer",)
+
+
+class ComfyDenoiser:
+    """Calls ComfyUI's diffusion_model the way kohya calls its UNet (see comfyui-integration.md B3)."""
+
+    def __init__(self, patcher):
+        base = patcher.model
+        self.base = base
+        self.unet = base.diffusion_model
+        sampling = patcher.get_model_object("model_sampling")
+        sigmas = sampling.sigmas.detach().to("cpu", torch.float64)
+        # ComfyUI keeps sigma = sqrt((1 - a) / a); kohya's alphas_cumprod is a = 1 / (1 + sigma^2)
+        self.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
+        self.prediction_type = prediction_type_of(base)
+        self.device = torch.device(patcher.load_device)
+        self.compute_dtype = base.manual_cast_dtype or base.get_dtype()
+
+    def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return self.base.process_latent_in(raw_latents)
+
+    def __call__(self, noisy_latents, timesteps, context):
+        dtype = self.compute_dtype
+        return self.unet(noisy_latents.to(dtype), timesteps.float(), context=context.to(dtype)).float()
+
+
+class ComfyCaptionEncoder:
+    """CLIP text encoding with kohya's reading of captions: parentheses are literal text, not weights."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def encode(self, caption: str) -> torch.Tensor:
+        literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        tokens = self.clip.tokenize(literal)
+        return self.clip.encode_from_tokens(tokens)
+
+
+class ComfyVAEEncoder:
+    def __init__(self, vae):
+        self.vae = vae
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels)
+
+
+def prediction_type_of(base) -> str:
+    kind = getattr(base.model_type, "name", str(base.model_type))
+    if kind == "EPS":
+        return "epsilon"
+    if kind == "V_PREDICTION":
+        return "v_prediction"
+    raise ModelError(f"This MODEL predicts {kind}; the trainer handles epsilon (SD1.x) models in this version.")
+
+
+def model_family(base) -> str:
+    """kohya's ss_base_model_version for the models this version trains; a clear error for the rest."""
+    import comfy.supported_models
+
+    config = base.model_config
+    if type(config) is comfy.supported_models.SD15 and prediction_type_of(base) == "epsilon":
+        return "sd_v1"
+    raise ModelError(f"Train supports SD1.x checkpoints in this version, and this MODEL is "
+                     f"{type(config).__name__} ({getattr(base.model_type, 'name', base.model_type)}). "
+                     "Load an SD1.5-based checkpoint; SD2 and SDXL support is on the roadmap.")
+
+
+def ldm_to_diffusers_paths(unet_config: dict) -> dict[str, str]:
+    """ComfyUI (LDM) module path -> diffusers module path, by inverting comfy.utils.unet_to_diffusers."""
+    import comfy.utils
+
+    mapping = {}
+    for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(unet_config).items():
+        if diffusers_key.endswith(".weight") and ldm_key.endswith(".weight"):
+            mapping[ldm_key[: -len(".weight")]] = diffusers_key[: -len(".weight")]
+    return mapping
+
+
+def sd1_lora_targets(unet, unet_config: dict) -> dict:
+    """kohya names (diffusers-style for SD1.x) -> ComfyUI layers, for every Linear/Conv2d in the transformers."""
+    paths = ldm_to_diffusers_paths(unet_config)
+
+    def rename(ldm_path: str) -> str:
+        if ldm_path not in paths:
+            raise ModelError(f"Layer {ldm_path} has no diffusers name in ComfyUI's SD1 key table; this UNet "
+                             "layout is not one the trainer knows.")
+        return paths[ldm_path]
+
+    return transformer_targets(unet, COMFY_TRANSFORMER_CLASSES, rename)
+
+
+def trainable_from_comfy(patcher, clip) -> TrainableModel:
+    base = patcher.model
+    family = model_family(base)
+    targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config)
+    return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip))
+
+
+def apply_lora_patches(patcher, clip, tensors: dict[str, torch.Tensor]):
+    """MODEL and CLIP clones carrying the LoRA as ordinary weight patches: exactly LoraLoader's path."""
+    import comfy.sd
+
+    return comfy.sd.load_lora_for_models(patcher, clip, tensors, 1.0, 1.0)

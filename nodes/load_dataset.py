@@ -1,0 +1,59 @@
+"""Load Dataset Folder: a kohya-layout folder (N_name sub-folders, captions beside images) -> LORA_DATASET."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from comfy_api.latest import io, ui
+
+from ..trainer.dataset import load_dataset_folder
+from .comfy_host import resolve_dataset_folder
+from .wire_types import CATEGORY, LoraDataset
+
+
+def folder_signature(root: str) -> str:
+    """Names, sizes and modification times of the folder's files, so edits re-run the node."""
+    digest = hashlib.sha256()
+    if not os.path.isdir(root):
+        return "missing:" + root
+    for current, folders, files in os.walk(root):
+        folders.sort()
+        for name in sorted(files):
+            path = os.path.join(current, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(path, root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class LoRALoadDatasetFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoRALoadDatasetFolder",
+            display_name="Load Dataset Folder",
+            category=CATEGORY,
+            description="Reads a training folder in kohya's layout: sub-folders named N_name, where N is how "
+                        "often each image repeats per epoch and name is the caption for images without one.",
+            inputs=[
+                io.String.Input("folder", default="lora_dataset",
+                                tooltip="Absolute path, or a path relative to ComfyUI's input folder. It must hold "
+                                        "sub-folders such as '10_sks dog'."),
+                io.String.Input("caption_extension", default=".txt",
+                                tooltip="Caption files are <image name><extension> beside each image "
+                                        "(kohya_ss GUI default .txt; sd-scripts CLI default .caption)."),
+            ],
+            outputs=[LoraDataset.Output(display_name="dataset")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, caption_extension):
+        return folder_signature(resolve_dataset_folder(folder)) + caption_extension
+
+    @classmethod
+    def execute(cls, folder, caption_extension) -> io.NodeOutput:
+        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension)
+        return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -1,0 +1,56 @@
+"""Optimizer: optimizer type, learning rate, its arguments, and the LR schedule -> LORA_OPTIMIZER."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..trainer.optim import OPTIMIZER_TYPES, SCHEDULERS, OptimizerConfig
+from .wire_types import CATEGORY, LoraOptimizer
+
+
+class LoRAOptimizer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoRAOptimizer",
+            display_name="Optimizer",
+            category=CATEGORY,
+            description="Optimizer and learning-rate schedule, with kohya's meanings.",
+            inputs=[
+                io.Combo.Input("optimizer_type", options=list(OPTIMIZER_TYPES), default="AdamW"),
+                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=10.0, step=1e-5, round=False,
+                               tooltip="kohya_ss default 1e-4."),
+                io.Float.Input("weight_decay", default=0.01, min=0.0, max=10.0, step=0.001, round=False),
+                io.Float.Input("beta1", default=0.9, min=0.0, max=0.9999, step=0.001, round=False),
+                io.Float.Input("beta2", default=0.999, min=0.0, max=0.99999, step=0.0001, round=False),
+                io.Combo.Input("lr_scheduler", options=list(SCHEDULERS), default="cosine"),
+                io.Float.Input("lr_warmup", default=0.1, min=0.0, max=0.99, step=0.01,
+                               tooltip="Warmup as a share of all steps (0.1 = first 10%)."),
+                io.Float.Input("max_grad_norm", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Gradient clipping (kohya default 1.0; 0 turns it off)."),
+            ],
+            outputs=[LoraOptimizer.Output(display_name="optimizer")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
+                        max_grad_norm):
+        try:
+            cls.config(optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
+                       max_grad_norm)
+        except Exception as exc:  # shown to the user before the run starts
+            return str(exc)
+        return True
+
+    @staticmethod
+    def config(optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
+               max_grad_norm) -> OptimizerConfig:
+        return OptimizerConfig(optimizer_type=optimizer_type, learning_rate=learning_rate,
+                               weight_decay=weight_decay, betas=(beta1, beta2), scheduler=lr_scheduler,
+                               warmup_ratio=lr_warmup, max_grad_norm=max_grad_norm).validated()
+
+    @classmethod
+    def execute(cls, optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
+                max_grad_norm) -> io.NodeOutput:
+        return io.NodeOutput(cls.config(optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler,
+                                        lr_warmup, max_grad_norm))

@@ -1,0 +1,186 @@
+"""Train: runs the engine on the workflow's MODEL and CLIP and hands back the LoRA in every useful form."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..trainer.latent_cache import LatentCache
+from ..trainer.loop import TrainCallbacks, TrainProgress, TrainResult, train_lora
+from ..trainer.atomic_files import write_json_atomic
+from ..trainer.lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
+from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
+from ..trainer.metadata import training_metadata
+from ..trainer.network import NetworkConfig
+from ..trainer.optim import OptimizerConfig
+from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
+from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
+from .comfy_model import apply_lora_patches, trainable_from_comfy
+from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
+
+
+def unused_run_name(name: str) -> str:
+    """The output name, or name_2, name_3, ... when a LoRA file or run folder already uses it."""
+    base = checked_file_name(name)
+    folder = loras_folder()
+    candidate, counter = base, 1
+    while _run_name_taken(folder, candidate):
+        counter += 1
+        candidate = f"{base}_{counter}"
+    return candidate
+
+
+def _run_name_taken(folder: str, name: str) -> bool:
+    if os.path.exists(run_data_folder(name)) or os.path.exists(os.path.join(folder, name + ".safetensors")):
+        return True
+    directory, stem = os.path.split(os.path.join(folder, name))
+    if not os.path.isdir(directory):
+        return False
+    return any(entry.startswith(stem + "-") and entry.endswith(".safetensors") for entry in os.listdir(directory))
+
+
+@dataclass
+class TrainOutputs:
+    model: object
+    clip: object
+    lora: TrainedLora
+    loss_image: torch.Tensor
+    summary: str
+    result: TrainResult
+
+
+class RunRecorder:
+    """Writes what a run leaves behind: intermediate and interrupted LoRAs, and the run log."""
+
+    def __init__(self, run_name: str, metadata_for):
+        self.run_name = run_name
+        self.metadata_for = metadata_for          # (progress) -> ss_* metadata
+        self.files: list[str] = []
+
+    def save_lora(self, suffix: str, progress: TrainProgress, tensors) -> str:
+        lora = TrainedLora(self.run_name, tensors, self.metadata_for(progress), progress.step, progress.epoch)
+        path = save_lora(lora, loras_folder(), self.run_name + suffix, precision="fp16")
+        self.files.append(path)
+        return path
+
+    def write_log(self, status: str, progress: TrainProgress, plan_text: str, extra: dict | None = None) -> str:
+        record = {"run_name": self.run_name, "status": status, "plan": plan_text, "step": progress.step,
+                  "epoch": progress.epoch, "losses": progress.losses, "learning_rates": progress.learning_rates,
+                  "started_at": progress.started_at, "finished_at": progress.finished_at or time.time(),
+                  "files": self.files, **(extra or {})}
+        path = os.path.join(run_data_folder(self.run_name), "run.json")
+        write_json_atomic(path, record)
+        return path
+
+
+def run_training(model, clip, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
+                 settings: TrainSettings, node_id: str | None = None) -> TrainOutputs:
+    """The Train node's work, callable without the executor (tests, scripts)."""
+    import comfy.model_management
+
+    settings = settings.validated()
+    trainable = trainable_from_comfy(model, clip)
+    plan = plan_run(latents, settings)
+    run_name = unused_run_name(settings.output_name)
+    session_id = new_session_id()
+    prediction_type = trainable.denoiser.prediction_type
+
+    def metadata_for(progress: TrainProgress) -> dict[str, str]:
+        return training_metadata(run_name=run_name, session_id=session_id, cache=latents, network=network,
+                                 optimizer=optimizer, settings=settings, plan=plan, progress=progress,
+                                 base_model_version=trainable.base_model_version, prediction_type=prediction_type)
+
+    recorder = RunRecorder(run_name, metadata_for)
+    plan_text = "\n".join([f"run {run_name}", latents.describe(), network.describe(),
+                           optimizer.describe(plan.total_steps), plan.describe(),
+                           f"batch {settings.batch_size}, seed {settings.seed}, {settings.precision}"])
+    reporter = ProgressReporter(node_id, plan.total_steps)
+
+    def on_step(progress: TrainProgress, total: int) -> None:
+        loss, lr = progress.losses[-1], progress.learning_rates[-1]
+        reporter.update(progress.step, f"step {progress.step}/{total}  loss {loss:.4f}  lr {lr:.3g}",
+                        {"step": progress.step, "total": total, "loss": loss, "lr": lr})
+
+    def on_epoch_checkpoint(progress: TrainProgress, tensors) -> None:
+        recorder.save_lora(f"-{progress.epoch:06d}", progress, tensors)
+
+    def on_abort(progress: TrainProgress, tensors, exc: BaseException) -> None:
+        # keep what was trained: a loadable LoRA and the run log, whatever stopped the run
+        path = recorder.save_lora("-interrupted", progress, tensors)
+        recorder.write_log("cancelled" if is_cancel(exc) else f"error: {exc}", progress, plan_text,
+                           {"interrupted_lora": path})
+
+    callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
+                               on_epoch_checkpoint=on_epoch_checkpoint, on_abort=on_abort)
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+    started = time.perf_counter()
+    with torch.inference_mode(False):
+        result = train_lora(trainable, latents, network, optimizer, settings, callbacks)
+    seconds = time.perf_counter() - started
+
+    metadata = metadata_for(result.progress)
+    lora = TrainedLora(run_name, result.tensors, metadata, result.progress.step, result.progress.epoch)
+    patched_model, patched_clip = apply_lora_patches(model, clip, result.tensors)
+    losses = result.progress.losses
+    summary = "\n".join([
+        plan_text,
+        f"trained {result.progress.step} step(s) in {seconds:.1f} s ({result.progress.step / max(seconds, 1e-9):.2f} "
+        f"step/s); loss first {losses[0]:.4f}, last {losses[-1]:.4f}, mean {sum(losses) / len(losses):.4f}",
+        f"{len(lora.module_names)} LoRA modules" + (f"; saved {', '.join(recorder.files)}" if recorder.files else ""),
+    ])
+    recorder.write_log("finished", result.progress, plan_text, {"seconds": seconds})
+    image = image_to_comfy_tensor(draw_loss_plot(losses, title=f"{run_name} loss"))
+    return TrainOutputs(patched_model, patched_clip, lora, image, summary, result)
+
+
+class LoRATrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoRATrain",
+            display_name="Train",
+            category=CATEGORY,
+            description="Trains a LoRA on the loaded MODEL with kohya's objective. The MODEL and CLIP outputs "
+                        "carry the LoRA, so a KSampler after this node previews it; the MODEL that came in "
+                        "is left as it was.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                LoraLatents.Input("latents"),
+                LoraNetwork.Input("network"),
+                LoraOptimizer.Input("optimizer"),
+                io.String.Input("output_name", default="my_lora",
+                                tooltip="Name of the run and its files in models/loras; a taken name gets _2, _3..."),
+                io.Int.Input("epochs", default=10, min=1, max=10000),
+                io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
+                             tooltip="Stop after this many steps; 0 = run all epochs."),
+                io.Int.Input("batch_size", default=1, min=1, max=256),
+                io.Int.Input("seed", default=42, min=0, max=2**32 - 1),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16" if torch.cuda.is_available() else "fp32",
+                               tooltip="bf16: base model math in bf16 autocast, LoRA weights in fp32."),
+                io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
+                             tooltip="Also save <name>-<epoch>.safetensors every N epochs; 0 = only at the end."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model"),
+                io.Clip.Output(display_name="clip"),
+                TrainedLoraType.Output(display_name="lora"),
+                io.Image.Output(display_name="loss_graph"),
+                io.String.Output(display_name="summary"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size, seed,
+                precision, save_every_n_epochs) -> io.NodeOutput:
+        settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                                 seed=seed, precision=precision, save_every_n_epochs=save_every_n_epochs)
+        out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id)
+        return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
+                             ui={"text": [out.summary]})
+
