@@ -1,10 +1,16 @@
 """comfyui-lora-trainer: kohya-compatible LoRA training inside ComfyUI.
 
-ComfyUI imports this folder as a package and calls `comfy_entrypoint` (V3 node API).
+ComfyUI imports this folder as a package and awaits `comfy_entrypoint` (V3 node API). The node
+modules are imported only then, so the package also imports cleanly where ComfyUI is absent.
 """
 
-from .nodes import comfy_entrypoint
-
 WEB_DIRECTORY = "./web"
+
+
+async def comfy_entrypoint():
+    from .nodes import LoRATrainerExtension
+
+    return LoRATrainerExtension()
+
 
 __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -25,6 +25,3 @@ class LoRATrainerExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODE_CLASSES)
 
-
-async def comfy_entrypoint() -> ComfyExtension:
-    return LoRATrainerExtension()

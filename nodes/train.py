@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -104,6 +105,11 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
         loss, lr = progress.losses[-1], progress.learning_rates[-1]
         reporter.update(progress.step, f"step {progress.step}/{total}  loss {loss:.4f}  lr {lr:.3g}",
                         {"step": progress.step, "total": total, "loss": loss, "lr": lr})
+        if progress.step % plan.batches_per_epoch == 0 or progress.step == total:
+            epoch = -(-progress.step // plan.batches_per_epoch)
+            recent = progress.losses[-plan.batches_per_epoch:]
+            logging.info("lora-trainer %s: epoch %d/%d, step %d/%d, mean loss %.4f", run_name, epoch, plan.epochs,
+                         progress.step, total, sum(recent) / len(recent))
 
     def on_epoch_checkpoint(progress: TrainProgress, tensors) -> None:
         recorder.save_lora(f"-{progress.epoch:06d}", progress, tensors)

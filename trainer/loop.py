@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .autograd_weights import replace_inference_tensors
 from .errors import TrainerError
 from .interfaces import TrainableModel, unique_in_order
 from .latent_cache import LatentCache
@@ -69,7 +70,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         for param, flag in previous:
-            param.requires_grad_(flag)
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)
 
 
 def batch_context(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -113,6 +115,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                 else nullcontext())
     progress = TrainProgress()
 
+    replace_inference_tensors(model.frozen_root)
     with frozen(model.frozen_root), network.attached(model.lora_targets):
         try:
             for epoch in range(plan.epochs):

@@ -1,0 +1,56 @@
+"""Bootstrapping real ComfyUI for tests: where it is, starting it in-process on the CPU, loading the pack."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK_MODULE = "comfyui_lora_trainer"
+TINY_PACK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_models_pack")
+
+
+def comfyui_path() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("COMFYUI_PATH", "~/ComfyUI")))
+
+
+def missing_reason() -> str | None:
+    path = comfyui_path()
+    if not os.path.isfile(os.path.join(path, "comfy", "model_patcher.py")):
+        return (f"ComfyUI tier skipped: no ComfyUI checkout at {path}. Clone ComfyUI there (or set COMFYUI_PATH) "
+                "and run `bash scripts/setup.sh` to install its requirements; see README.md.")
+    return None
+
+
+def bootstrap() -> None:
+    """Import ComfyUI as a library on the CPU. Must run before anything imports comfy.model_management."""
+    path = comfyui_path()
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    args.disable_smart_memory = True
+    import comfy.model_management  # noqa: F401  (device chosen now, with args.cpu set)
+
+
+def load_module_from_folder(name: str, folder: str):
+    """Import a folder as a package under `name`, as ComfyUI's load_custom_node does."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_pack():
+    return load_module_from_folder(PACK_MODULE, REPO_ROOT)
+
+
+def load_tiny_models():
+    load_module_from_folder("lora_trainer_test_tiny_models", TINY_PACK_DIR)
+    return sys.modules["lora_trainer_test_tiny_models.tiny_models"]

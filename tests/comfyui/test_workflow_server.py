@@ -1,0 +1,176 @@
+"""The six-node graph queued on a real ComfyUI server, as a user's workflow runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+from safetensors import safe_open
+
+from tests.helpers import make_kohya_folder
+
+from . import harness
+from .server import ComfyServer
+
+NODE_IDS = {
+    "LoRALoadDatasetFolder": ("Load Dataset Folder", [], ["LORA_DATASET"]),
+    "LoRABucketCacheLatents": ("Bucket & Cache Latents", ["LORA_DATASET", "VAE"], ["LORA_LATENTS"]),
+    "LoRAConfigure": ("Configure LoRA", [], ["LORA_NETWORK"]),
+    "LoRAOptimizer": ("Optimizer", [], ["LORA_OPTIMIZER"]),
+    "LoRATrain": ("Train", ["MODEL", "CLIP", "LORA_LATENTS", "LORA_NETWORK", "LORA_OPTIMIZER"],
+                  ["MODEL", "CLIP", "TRAINED_LORA", "IMAGE", "STRING"]),
+    "LoRASaveSafetensors": ("Save Safetensors", ["TRAINED_LORA"], []),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    reason = harness.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("comfy_base")
+    make_kohya_folder(str(base / "input" / "dogs"), {"3_sks dog": [(64, 64), (96, 64), (64, 64)]},
+                      {"3_sks dog/0": "a photo of sks dog, (grass)"})
+    os.makedirs(base / "input" / "empty_dataset")
+    running = ComfyServer(str(base)).start()
+    yield running
+    running.stop()
+
+
+def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save_precision: str = "fp32") -> dict:
+    return {
+        "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 1}},
+        "2": {"class_type": "LoRALoadDatasetFolder", "inputs": {"folder": folder, "caption_extension": ".txt"}},
+        "3": {"class_type": "LoRABucketCacheLatents",
+              "inputs": {"dataset": ["2", 0], "vae": ["1", 2], "resolution": 64, "min_bucket_reso": 64,
+                         "max_bucket_reso": 128, "bucket_reso_steps": 64, "bucket_no_upscale": False,
+                         "vae_batch_size": 2, "cache": "memory"}},
+        "4": {"class_type": "LoRAConfigure", "inputs": {"algorithm": "LoRA", "rank": 4, "alpha": 2.0}},
+        "5": {"class_type": "LoRAOptimizer",
+              "inputs": {"optimizer_type": "AdamW", "learning_rate": 1e-3, "weight_decay": 0.01, "beta1": 0.9,
+                         "beta2": 0.999, "lr_scheduler": "cosine", "lr_warmup": 0.1, "max_grad_norm": 1.0}},
+        "6": {"class_type": "LoRATrain",
+              "inputs": {"model": ["1", 0], "clip": ["1", 1], "latents": ["3", 0], "network": ["4", 0],
+                         "optimizer": ["5", 0], "output_name": output_name, "epochs": epochs, "max_steps": 0,
+                         "batch_size": 2, "seed": 7, "precision": "fp32", "save_every_n_epochs": 0}},
+        "7": {"class_type": "LoRASaveSafetensors",
+              "inputs": {"lora": ["6", 2], "file_name": "", "precision": save_precision}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["6", 3]}},
+        # preview: sample with the trained MODEL and CLIP in the same graph
+        "9": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["6", 1], "text": "a photo of sks dog"}},
+        "10": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "11": {"class_type": "KSampler",
+               "inputs": {"model": ["6", 0], "positive": ["9", 0], "negative": ["9", 0], "latent_image": ["10", 0],
+                          "seed": 0, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+                          "denoise": 1.0}},
+        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["1", 2]}},
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}},
+    }
+
+
+def error_message(entry: dict) -> str:
+    for kind, data in entry["status"]["messages"]:
+        if kind == "execution_error":
+            return data["exception_message"]
+    return ""
+
+
+def test_object_info_lists_the_six_nodes(server):
+    info = server.get("/object_info")
+    for node_id, (display, input_types, output_types) in NODE_IDS.items():
+        assert node_id in info, f"{node_id} missing from /object_info; log:\n{server.read_log()[-3000:]}"
+        node = info[node_id]
+        assert node["display_name"] == display and node["category"] == "LoRA Trainer"
+        required = [spec[0] for spec in node["input"]["required"].values()]
+        for wire in input_types:
+            assert wire in required, (node_id, wire, required)
+        assert node["output"] == output_types
+    pack_lines = [line for line in server.read_log().splitlines() if "comfyui-lora-trainer" in line]
+    assert pack_lines and not any("IMPORT FAILED" in line for line in pack_lines), pack_lines
+    templates = server.get("/workflow_templates")
+    assert "train_sd15_lora" in templates.get("comfyui-lora-trainer", []), templates
+
+
+def test_graph_trains_saves_and_previews_through_the_executor(server):
+    prompt_id = server.queue(training_graph("dogs_lora"))
+    entry = server.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-4000:])
+
+    lora_path = os.path.join(server.base_dir, "models", "loras", "dogs_lora.safetensors")
+    assert os.path.isfile(lora_path), os.listdir(os.path.dirname(lora_path))
+    with safe_open(lora_path, "pt") as handle:
+        keys = set(handle.keys())
+        metadata = handle.metadata()
+        ups = [handle.get_tensor(k) for k in keys if k.endswith("lora_up.weight")]
+    modules = {k.split(".", 1)[0] for k in keys}
+    assert len(modules) == 16 * 5 + 4 and len(keys) == 3 * len(modules)   # tiny UNet: 5 transformers
+    assert all(f"{m}.alpha" in keys for m in modules)
+    assert any(float(u.abs().max()) > 0 for u in ups), "LoRA weights did not move"
+    assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
+    assert metadata["ss_steps"] == "10" and metadata["ss_num_train_images"] == "9"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+    with open(os.path.join(server.base_dir, "output", "lora-trainer", "dogs_lora", "run.json")) as handle:
+        run = json.load(handle)
+    assert run["status"] == "finished" and len(run["losses"]) == 10
+    assert all(math.isfinite(x) for x in run["losses"])
+
+    outputs = entry["outputs"]
+    assert outputs["8"]["images"] and outputs["13"]["images"]     # loss graph and KSampler preview
+    assert "trained 10 step(s)" in outputs["6"]["text"][0]
+
+
+def test_saved_file_loads_in_loraloader_and_matches_train_output(server):
+    graph = training_graph("match_lora")
+    first = server.wait(server.queue(graph))
+    assert first["status"]["status_str"] == "success", error_message(first)
+    log_before = len(server.read_log())
+
+    # same graph again (Train is cached, so its MODEL is the one above) plus LoraLoader on the saved file
+    graph.update({
+        "20": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                      "lora_name": "match_lora.safetensors",
+                                                      "strength_model": 1.0, "strength_clip": 1.0}},
+        "21": {"class_type": "ComparePredictions",
+               "inputs": {"model_a": ["6", 0], "model_b": ["20", 0], "reference": ["1", 0]}},
+    })
+    second = server.wait(server.queue(graph))
+    assert second["status"]["status_str"] == "success", error_message(second)
+    cached = [data for kind, data in second["status"]["messages"] if kind == "execution_cached"]
+    assert cached and "6" in cached[0]["nodes"], "Train re-ran instead of being cached"
+    text = second["outputs"]["21"]["text"][0]
+    print(text)
+    values = dict(part.split("=") for part in text.split())
+    assert float(values["max_abs_diff"]) <= 1e-5, text
+    assert float(values["lora_effect"]) > 1e-4, text
+    new_log = server.read_log()[log_before:]
+    assert "lora key not loaded" not in new_log and "NOT LOADED" not in new_log, new_log
+
+
+def test_bad_dataset_folder_stops_with_an_actionable_error(server):
+    entry = server.wait(server.queue(training_graph("never", folder="empty_dataset")))
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "empty_dataset" in message and "Expected layout" in message and "10_sks dog" in message, message
+
+
+def test_cancel_keeps_the_trained_lora(server):
+    prompt_id = server.queue(training_graph("cancel_lora", epochs=400))
+    run_folder = os.path.join(server.base_dir, "output", "lora-trainer")
+    deadline = time.time() + 120
+    while "cancel_lora: epoch 2/400" not in server.read_log():
+        assert time.time() < deadline, server.read_log()[-3000:]
+        time.sleep(0.2)
+    server.post("/interrupt")
+    entry = server.wait(prompt_id)
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    loras = os.listdir(os.path.join(server.base_dir, "models", "loras"))
+    assert "cancel_lora-interrupted.safetensors" in loras, loras
+    with open(os.path.join(run_folder, "cancel_lora", "run.json")) as handle:
+        run = json.load(handle)
+    assert run["status"] == "cancelled" and 0 < run["step"] < 400 * 3

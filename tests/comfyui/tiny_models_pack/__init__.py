@@ -1,0 +1,52 @@
+"""Test-only ComfyUI custom nodes: a loader for tiny SD1.5-topology models (CheckpointLoaderSimple only
+recognises real checkpoints) and a node that compares two MODELs' predictions on one fixed input."""
+
+import torch
+
+from . import tiny_models
+
+
+class TinySD15Loader:
+    CATEGORY = "testing"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1})}}
+
+    def load(self, seed):
+        return tiny_models.sd15_model(seed=seed), tiny_models.sd1_clip(seed=seed + 1), tiny_models.vae(seed=seed + 2)
+
+
+class ComparePredictions:
+    """Max |difference| between two MODELs' denoised outputs, each loaded the way a sampler loads it."""
+
+    CATEGORY = "testing"
+    FUNCTION = "compare"
+    RETURN_TYPES = ("FLOAT",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model_a": ("MODEL",), "model_b": ("MODEL",), "reference": ("MODEL",)}}
+
+    @staticmethod
+    def predict(patcher):
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([patcher], force_full_load=True)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 8, 8, generator=generator)
+        context = torch.randn(1, 77, 32, generator=generator)
+        sigma = torch.tensor([2.0])
+        return patcher.model.apply_model(x, sigma, c_crossattn=context).float().clone()
+
+    def compare(self, model_a, model_b, reference):
+        a, b, ref = self.predict(model_a), self.predict(model_b), self.predict(reference)
+        difference = float((a - b).abs().max())
+        lora_effect = float((a - ref).abs().max())
+        return {"ui": {"text": [f"max_abs_diff={difference!r} lora_effect={lora_effect!r}"]}, "result": (difference,)}
+
+
+NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "ComparePredictions": ComparePredictions}

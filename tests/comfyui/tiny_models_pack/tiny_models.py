@@ -1,0 +1,81 @@
+"""Tiny real ComfyUI MODEL / CLIP / VAE objects with random weights (recipe: comfyui-integration.md E3).
+
+Genuine ComfyUI classes (ModelPatcher -> BaseModel -> UNetModel, comfy.sd.CLIP with the real SD1
+tokenizer, comfy.sd.VAE around AutoencoderKL), only small. Also the full-size SD1.5 UNet config.
+Import only after comfy.cli_args.args.cpu has been set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """comfy.ops layers start uninitialised: fill every parameter deterministically."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.dim() > 1:
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+            else:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+    return module
+
+
+def sd15_unet_config(model_channels: int = 320, context_dim: int = 768, tiny: bool = False) -> dict:
+    if tiny:
+        return dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
+                    transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
+                    context_dim=context_dim, num_heads=2, use_linear_in_transformer=False,
+                    use_spatial_transformer=True, legacy=False, adm_in_channels=None, image_size=32,
+                    use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False)
+    # the real SD1.5 UNet (what comfy.model_detection derives from a v1-5 checkpoint)
+    return dict(in_channels=4, out_channels=4, model_channels=model_channels, channel_mult=[1, 2, 4, 4],
+                num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+                context_dim=context_dim, num_heads=8, num_head_channels=-1, use_linear_in_transformer=False,
+                use_spatial_transformer=True, legacy=False, adm_in_channels=None, image_size=32,
+                use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False)
+
+
+def sd15_model(tiny: bool = True, seed: int = 1, randomize: bool = True, context_dim: int | None = None):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = sd15_unet_config(context_dim=context_dim or (32 if tiny else 768), tiny=tiny)
+    model_config = comfy.supported_models.SD15(config)
+    if tiny:
+        model_config.unet_config["num_heads"] = 2     # SD15's unet_extra_config forced 8 heads
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    if randomize:
+        randomize_(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def sd1_clip(width: int = 32, seed: int = 2):
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target, model_options={
+        "dtype": torch.float32,
+        "clip_l_model_config": {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 2,
+                                "num_hidden_layers": 2, "projection_dim": width},
+    })
+    randomize_(clip.cond_stage_model, seed)
+    return clip
+
+
+def vae(seed: int = 3):
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    config = {"params": {"embed_dim": 4, "ddconfig": {
+        "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    autoencoder = randomize_(AutoencoderKL(**config["params"]), seed)
+    return comfy.sd.VAE(sd=autoencoder.state_dict(), config=config, dtype=torch.float32)
