@@ -1,0 +1,56 @@
+import pytest
+from PIL import Image
+
+from tests.reference_data import bucket_cases
+from trainer.buckets import BucketChoice, BucketSettings, make_bucket_resolutions, resize_and_crop, select_bucket
+from trainer.errors import ConfigError
+
+CASES = bucket_cases()
+
+
+def settings_of(case) -> BucketSettings:
+    s = case["settings"]
+    return BucketSettings((s["resolution"], s["resolution"]), s["min_bucket_reso"], s["max_bucket_reso"],
+                          s["bucket_reso_steps"], s["no_upscale"]).validated()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c["settings"].values()))
+def test_matches_kohyas_own_buckets_and_assignments(case):
+    settings = settings_of(case)
+    if case["bucket_resolutions"]:
+        assert [list(b) for b in settings.predefined] == case["bucket_resolutions"]
+    mismatches = []
+    for assignment in case["assignments"]:
+        choice = select_bucket(settings, *assignment["image"])
+        if [list(choice.bucket), list(choice.resized)] != [assignment["bucket"], assignment["resized"]]:
+            mismatches.append((assignment, choice))
+    assert not mismatches
+    assert len(case["assignments"]) > 50
+
+
+def test_every_reference_case_is_checked():
+    assert len(CASES) == 8 and sum(len(c["assignments"]) for c in CASES) == 456
+
+
+def test_documented_example_list():
+    assert make_bucket_resolutions((512, 512), 256, 1024, 64)[:4] == [(256, 832), (256, 896), (256, 960), (256, 1024)]
+
+
+def test_resize_covers_bucket_then_centre_crops():
+    image = Image.new("RGB", (1920, 1080))
+    image.paste((255, 0, 0), (0, 0, 10, 1080))          # a red strip on the left edge gets cropped away
+    choice = select_bucket(BucketSettings().validated(), 1920, 1080)
+    assert choice == BucketChoice((640, 384), (683, 384), choice.ar_error)
+    out = resize_and_crop(image, choice)
+    assert out.size == (640, 384)
+    assert out.getpixel((0, 200))[0] == 0                 # (683 - 640) // 2 = 21 px trimmed on the left
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"bucket_reso_steps": 12}, "multiple of 8"),
+    ({"min_bucket_reso": 768}, "min_bucket_reso"),
+    ({"max_bucket_reso": 256}, "max_bucket_reso"),
+])
+def test_bad_settings_explain_themselves(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        BucketSettings(**kwargs).validated()

@@ -1,0 +1,75 @@
+import os
+
+import pytest
+
+from tests.helpers import make_kohya_folder, write_image
+from trainer.dataset import load_dataset_folder, parse_repeat_folder_name
+from trainer.errors import DatasetError
+
+
+def test_reads_kohya_layout_with_captions_and_folder_name_fallback(tmp_path):
+    root = make_kohya_folder(str(tmp_path / "set"), {"10_sks dog": [(64, 64), (64, 64)], "3_style": [(32, 32)]},
+                             {"10_sks dog/1": "a photo, of sks dog"})
+    write_image(str(tmp_path / "set" / "3_style" / "UPPER.JPG"), (16, 16))
+    (tmp_path / "set" / "notes").mkdir()                 # no N_ prefix: ignored, like kohya
+    (tmp_path / "set" / "readme.txt").write_text("root files are ignored")
+    dataset = load_dataset_folder(root)
+    by_name = {s.name: s for s in dataset.subsets}
+    assert set(by_name) == {"10_sks dog", "3_style"} and dataset.skipped_folders == ("notes",)
+    dog = by_name["10_sks dog"]
+    assert dog.repeats == 10 and [e.caption for e in dog.images] == ["sks dog", "a photo, of sks dog"]
+    assert [os.path.basename(e.path) for e in by_name["3_style"].images] == ["0.png", "UPPER.JPG"]
+    assert dataset.num_train_images == 2 * 10 + 2 * 3
+
+
+def test_caption_extension_and_first_line_only(tmp_path):
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(8, 8)]})
+    (tmp_path / "set" / "1_x" / "0.caption").write_text("first line\nsecond line\n", encoding="utf-8")
+    assert load_dataset_folder(root, "caption").subsets[0].images[0].caption == "first line"
+    assert load_dataset_folder(root, ".txt").subsets[0].images[0].caption == "x"
+
+
+def test_repeat_folder_names():
+    assert parse_repeat_folder_name("10_sks dog") == (10, "sks dog")
+    assert parse_repeat_folder_name("5_a_b") == (5, "a_b")
+    assert parse_repeat_folder_name("dog") is None
+
+
+def assert_layout_error(root, *needles, named=None):
+    with pytest.raises(DatasetError) as info:
+        load_dataset_folder(str(root))
+    message = str(info.value)
+    assert str(named or root) in message and "Expected layout" in message and "10_sks dog" in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_empty_folder_names_folder_and_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_layout_error(tmp_path / "empty", "is empty")
+
+
+def test_folder_without_repeat_subfolder(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    write_image(str(root / "a.png"), (8, 8))
+    (root / "dogs").mkdir()
+    assert_layout_error(root, "no 'N_name' sub-folder", "a.png")
+
+
+def test_subfolder_without_images(tmp_path):
+    root = tmp_path / "set"
+    (root / "5_cats").mkdir(parents=True)
+    (root / "5_cats" / "cat.txt").write_text("a cat")
+    assert_layout_error(root, "has no images", named=root / "5_cats")
+
+
+def test_missing_folder_and_bad_captions(tmp_path):
+    assert_layout_error(tmp_path / "nowhere", "does not exist")
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(8, 8)]})
+    (tmp_path / "set" / "1_x" / "0.txt").write_text("")
+    with pytest.raises(DatasetError, match="is empty"):
+        load_dataset_folder(root)
+    (tmp_path / "set" / "1_x" / "0.txt").write_bytes(b"\xff\xfe\xfa bad")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        load_dataset_folder(root)

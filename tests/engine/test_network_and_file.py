@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from trainer.errors import ConfigError, SaveError
+from trainer.lora_file import TrainedLora, checked_file_name, read_metadata, save_lora, unused_path
+from trainer.network import LoRAModule, LoRANetwork, NetworkConfig
+from trainer.optim import OptimizerConfig, build_optimizer, lr_multiplier
+
+
+def test_lora_module_math_matches_kohya():
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 24)
+    network = LoRANetwork({"lora_unet_l": linear}, NetworkConfig(rank=4, alpha=1.0))
+    module = network.lora_modules["lora_unet_l"]
+    assert module.scale == 0.25 and torch.count_nonzero(module.up.weight) == 0
+    assert module.down.weight.abs().max() <= 1 / math.sqrt(16)      # kaiming_uniform(a=sqrt(5)) bound
+    nn.init.normal_(module.up.weight)
+    x = torch.randn(3, 16)
+    expected = linear(x) + (x @ module.down.weight.T @ module.up.weight.T) * 0.25
+    with network.attached({"lora_unet_l": linear}):
+        assert torch.allclose(linear(x), expected, atol=1e-6)
+    assert torch.allclose(linear(x) + x @ module.delta_weight().T, expected, atol=1e-6)
+
+
+def test_conv_lora_keeps_kernel_on_down_and_1x1_up():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    module = LoRAModule(conv, rank=2, alpha=2)
+    assert module.down.weight.shape == (2, 8, 3, 3) and module.up.weight.shape == (16, 2, 1, 1)
+    nn.init.normal_(module.up.weight)
+    x = torch.randn(1, 8, 5, 5)
+    merged = nn.functional.conv2d(x, module.delta_weight(), padding=1)
+    assert torch.allclose(module(x), merged, atol=1e-5)
+
+
+def test_alpha_zero_means_rank_and_state_dict_has_alpha():
+    config = NetworkConfig(rank=8, alpha=0)
+    assert config.effective_alpha == 8 and config.scale == 1
+    network = LoRANetwork({"lora_unet_a": nn.Linear(4, 4)}, config)
+    tensors = network.kohya_state_dict(torch.float16)
+    assert set(tensors) == {"lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha"}
+    assert tensors["lora_unet_a.alpha"].dim() == 0 and tensors["lora_unet_a.alpha"].dtype == torch.float16
+    with pytest.raises(ConfigError, match="LoRA"):
+        NetworkConfig(algorithm="LoHa").validated()
+
+
+def test_hooks_leave_when_the_block_ends():
+    linear = nn.Linear(4, 4)
+    network = LoRANetwork({"lora_unet_a": linear}, NetworkConfig(rank=2))
+    with network.attached({"lora_unet_a": linear}):
+        assert len(linear._forward_hooks) == 1
+    assert not linear._forward_hooks
+
+
+@pytest.mark.parametrize("scheduler, step, expected", [
+    ("constant", 0, 1.0), ("constant_with_warmup", 0, 0.0), ("constant_with_warmup", 5, 0.5),
+    ("constant_with_warmup", 50, 1.0), ("cosine", 10, 1.0), ("cosine", 55, 0.5), ("cosine", 100, 0.0),
+])
+def test_schedules_follow_transformers_formulas(scheduler, step, expected):
+    assert lr_multiplier(scheduler, step, warmup_steps=10, total_steps=100) == pytest.approx(expected, abs=1e-9)
+
+
+def test_warmup_is_a_share_of_steps_and_constant_with_warmup_is_upgraded():
+    config = OptimizerConfig(scheduler="constant", warmup_ratio=0.1).validated()
+    assert config.warmup_steps(95) == 9 and config.effective_scheduler() == "constant_with_warmup"
+    param = nn.Parameter(torch.zeros(1))
+    optimizer, scheduler = build_optimizer(config, [param], total_steps=95)
+    assert optimizer.param_groups[0]["lr"] == 0.0           # first warmup step
+    with pytest.raises(ConfigError, match="share"):
+        OptimizerConfig(warmup_ratio=1.5).validated()
+
+
+def make_lora(run_name="run"):
+    tensors = {"lora_unet_x.lora_down.weight": torch.randn(2, 4), "lora_unet_x.lora_up.weight": torch.randn(4, 2),
+               "lora_unet_x.alpha": torch.tensor(1.0)}
+    return TrainedLora(run_name, tensors, {"ss_network_module": "networks.lora", "modelspec.title": run_name}, 5, 1)
+
+
+def test_save_is_atomic_numbered_and_hashed(tmp_path):
+    first = save_lora(make_lora(), str(tmp_path), "my_lora", "fp16")
+    second = save_lora(make_lora(), str(tmp_path), "my_lora.safetensors", "bf16")
+    assert first.endswith("my_lora.safetensors") and second.endswith("my_lora_2.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_lora.safetensors", "my_lora_2.safetensors"]
+    metadata = read_metadata(first)
+    assert len(metadata["sshs_model_hash"]) == 64 and len(metadata["sshs_legacy_hash"]) == 8
+    loaded = safetensors.torch.load_file(first)
+    assert loaded["lora_unet_x.lora_down.weight"].dtype == torch.float16
+    # the model hash covers tensor bytes only: the same tensors with other metadata hash the same
+    lora = make_lora()
+    a = save_lora(lora, str(tmp_path), "a", "fp32")
+    b = save_lora(TrainedLora("other", lora.tensors, {"ss_output_name": "x"}, 1, 1), str(tmp_path), "b", "fp32")
+    assert read_metadata(a)["sshs_model_hash"] == read_metadata(b)["sshs_model_hash"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+
+def test_names_cannot_leave_the_loras_folder(tmp_path):
+    assert checked_file_name(" chars/my_lora.safetensors ") == "chars/my_lora"
+    for bad in ("../evil", "/etc/passwd", "a/../../b", "C:\\x", ""):
+        with pytest.raises(SaveError):
+            unused_path(str(tmp_path), bad)
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(SaveError, match="outside"):
+        unused_path(str(tmp_path), "link/x")
