@@ -165,7 +165,9 @@ class LoRATrain(io.ComfyNode):
                 io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
                              tooltip="Stop after this many steps; 0 = run all epochs."),
                 io.Int.Input("batch_size", default=1, min=1, max=256),
-                io.Int.Input("seed", default=42, min=0, max=2**32 - 1),
+                # not named "seed": the frontend would attach randomize-after-generate and retrain every queue
+                io.Int.Input("train_seed", display_name="seed", default=42, min=0, max=2**32 - 1,
+                             tooltip="Seed for LoRA init, noise, timesteps and batch order."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16" if torch.cuda.is_available() else "fp32",
                                tooltip="bf16: base model math in bf16 autocast, LoRA weights in fp32."),
                 io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
@@ -182,10 +184,10 @@ class LoRATrain(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size, seed,
-                precision, save_every_n_epochs) -> io.NodeOutput:
+    def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
+                train_seed, precision, save_every_n_epochs) -> io.NodeOutput:
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                                 seed=seed, precision=precision, save_every_n_epochs=save_every_n_epochs)
+                                 seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id)
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
                              ui={"text": [out.summary]})

@@ -55,7 +55,7 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
         "6": {"class_type": "LoRATrain",
               "inputs": {"model": ["1", 0], "clip": ["1", 1], "latents": ["3", 0], "network": ["4", 0],
                          "optimizer": ["5", 0], "output_name": output_name, "epochs": epochs, "max_steps": 0,
-                         "batch_size": 2, "seed": 7, "precision": "fp32", "save_every_n_epochs": 0}},
+                         "batch_size": 2, "train_seed": 7, "precision": "fp32", "save_every_n_epochs": 0}},
         "7": {"class_type": "LoRASaveSafetensors",
               "inputs": {"lora": ["6", 2], "file_name": "", "precision": save_precision}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["6", 3]}},
@@ -174,3 +174,36 @@ def test_cancel_keeps_the_trained_lora(server):
     with open(os.path.join(run_folder, "cancel_lora", "run.json")) as handle:
         run = json.load(handle)
     assert run["status"] == "cancelled" and 0 < run["step"] < 400 * 3
+
+
+def test_example_workflow_matches_the_servers_node_definitions(server):
+    """Every node type exists, widget values line up with the widget inputs, and wires connect equal types."""
+    info = server.get("/object_info")
+    with open(os.path.join(harness.REPO_ROOT, "example_workflows", "train_sd15_lora.json"), encoding="utf-8") as f:
+        workflow = json.load(f)
+    types = {node["type"] for node in workflow["nodes"]}
+    assert {"LoRALoadDatasetFolder", "LoRABucketCacheLatents", "LoRAConfigure", "LoRAOptimizer", "LoRATrain",
+            "LoRASaveSafetensors", "CheckpointLoaderSimple", "KSampler"} <= types
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] == "Note":
+            continue
+        definition = info[node["type"]]
+        required = definition["input"]["required"]
+        linked = {entry["name"] for entry in node["inputs"]}
+        widget_inputs = [name for name in definition["input_order"]["required"]
+                         if name not in linked and (isinstance(required[name][0], list)
+                                                    or required[name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN",
+                                                                             "COMBO"))]
+        expected = len(widget_inputs) + sum(1 for name in widget_inputs if name in ("seed", "noise_seed"))
+        assert len(node["widgets_values"]) == expected, (node["type"], widget_inputs, node["widgets_values"])
+        for name, value in zip([n for n in widget_inputs for _ in range(2 if n in ("seed", "noise_seed") else 1)],
+                               node["widgets_values"]):
+            spec = required[name]
+            options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None
+            if options and name != "ckpt_name" and not isinstance(value, (int, float)):
+                assert value in options, (node["type"], name, value)
+        assert linked <= set(required), (node["type"], linked)
+    for link_id, source, slot, target, target_slot, wire in workflow["links"]:
+        assert info[nodes[source]["type"]]["output"][slot] == wire
+        assert nodes[target]["inputs"][target_slot]["type"] == wire and nodes[target]["inputs"][target_slot]["link"] == link_id
