@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tests.helpers import make_kohya_folder
@@ -37,3 +38,53 @@ def test_training_moves_lora_and_keeps_base(tmp_path, tiny_trainable, tiny_vae_e
     assert [p.requires_grad for p in tiny_trainable.frozen_root.parameters()] == flags_before
     # hooks are gone: the model's output is the base output again
     assert all(not m._forward_hooks for m in tiny_trainable.lora_targets.values())
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_cancel_hands_the_partial_lora_to_on_abort_then_raises(tmp_path, tiny_trainable, tiny_vae_encoder):
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    calls = {"checks": 0}
+    kept = {}
+
+    def check_cancel():
+        calls["checks"] += 1
+        if calls["checks"] == 3:
+            raise Cancelled()
+
+    def on_abort(progress, tensors, exc):
+        kept.update(step=progress.step, tensors=tensors, exc=exc)
+
+    with pytest.raises(Cancelled):
+        train_lora(tiny_trainable, cache, NetworkConfig(rank=4), OptimizerConfig(learning_rate=1e-2),
+                   TrainSettings(epochs=5, batch_size=1),
+                   TrainCallbacks(check_cancel=check_cancel, on_abort=on_abort))
+    assert kept["step"] == 2 and isinstance(kept["exc"], Cancelled)
+    assert any(t.abs().max() > 0 for k, t in kept["tensors"].items() if k.endswith("lora_up.weight"))
+    assert all(not m._forward_hooks for m in tiny_trainable.lora_targets.values())
+
+
+def test_same_seed_same_run(tmp_path, tiny_vae_encoder):
+    from tests.engine.conftest import HashedWordEncoder, tiny_unet
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    runs = []
+    for _ in range(2):
+        model = diffusers_sd1_trainable(tiny_unet(), FunctionCaptionEncoder(HashedWordEncoder()))
+        runs.append(train_lora(model, cache, NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3),
+                               TrainSettings(epochs=1, seed=5)))
+    assert runs[0].progress.losses == runs[1].progress.losses
+    assert all(torch.equal(runs[0].tensors[k], runs[1].tensors[k]) for k in runs[0].tensors)
+
+
+def test_step_limit_caps_the_run_and_lr_follows_the_schedule(tmp_path, tiny_trainable, tiny_vae_encoder):
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    result = train_lora(tiny_trainable, cache, NetworkConfig(rank=2),
+                        OptimizerConfig(learning_rate=1e-3, scheduler="cosine", warmup_ratio=0.25),
+                        TrainSettings(epochs=10, max_steps=8, batch_size=1))
+    assert result.plan.total_steps == 8 and result.progress.step == 8 and result.plan.epochs == 2
+    lrs = result.progress.learning_rates
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3) and lrs[-1] < lrs[3]

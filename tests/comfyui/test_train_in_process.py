@@ -1,0 +1,80 @@
+"""run_training on tiny real ComfyUI objects, called directly: what it leaves on the MODEL that came in."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.helpers import make_kohya_folder
+
+
+@pytest.fixture
+def trained(comfy, pack, tiny, comfy_folders):
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
+    from comfyui_lora_trainer.trainer.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
+    from comfyui_lora_trainer.trainer.latent_cache import cache_latents
+
+    root = make_kohya_folder(os.path.join(comfy_folders["input"], "set"), {"2_sks dog": [(64, 64), (64, 64)]})
+    with torch.inference_mode():                          # as ComfyUI's executor runs loaders
+        model, clip, vae = tiny.sd15_model(seed=11), tiny.sd1_clip(seed=12), tiny.vae(seed=13)
+        with torch.inference_mode(False):
+            latents = cache_latents(load_dataset_folder(root), ComfyVAEEncoder(vae), BucketSettings((64, 64), 64, 64))
+    return model, clip, latents
+
+
+def run(model, clip, latents, **settings):
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.network import NetworkConfig
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    with torch.inference_mode():
+        return run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
+                            TrainSettings(**{"output_name": "inproc", "epochs": 2, **settings}))
+
+
+def test_incoming_model_is_left_as_it_was(trained, comfy_folders):
+    model, clip, latents = trained
+    unet = model.model.diffusion_model
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in unet.named_parameters()}
+    out = run(model, clip, latents)
+    assert not model.patches and not clip.patcher.patches            # the input carries no LoRA
+    assert len(out.model.patches) == 84                              # the output carries all of it
+    after = unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {k: p.requires_grad for k, p in unet.named_parameters()} == flags
+    assert not any(m._forward_hooks for m in unet.modules())
+    assert os.listdir(comfy_folders["loras"]) == []                  # Train saves nothing unless asked
+
+
+def test_second_run_with_same_name_gets_a_new_name(trained, comfy_folders):
+    model, clip, latents = trained
+    first = run(model, clip, latents, epochs=1)
+    second = run(model, clip, latents, epochs=1)
+    assert (first.lora.run_name, second.lora.run_name) == ("inproc", "inproc_2")
+
+
+def test_epoch_saves_use_kohya_names(trained, comfy_folders):
+    model, clip, latents = trained
+    run(model, clip, latents, epochs=3, save_every_n_epochs=1)
+    # kohya: every N epochs except the last, which the final save covers
+    assert sorted(os.listdir(comfy_folders["loras"])) == ["inproc-000001.safetensors", "inproc-000002.safetensors"]
+
+
+def test_models_other_than_sd1_are_refused_clearly(comfy, pack, tiny):
+    import comfy.supported_models
+
+    from comfyui_lora_trainer.nodes.comfy_model import model_family
+    from comfyui_lora_trainer.trainer.errors import ModelError
+
+    unet_config = tiny.sd15_unet_config(tiny=True)
+    unet_config.update(context_dim=64, use_linear_in_transformer=True, adm_in_channels=2816)
+    config = comfy.supported_models.SDXL(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({}, device="meta")
+    with pytest.raises(ModelError, match="SD1.x"):
+        model_family(base)
