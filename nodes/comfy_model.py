@@ -27,7 +27,7 @@ class ComfyDenoiser:
         sigmas = sampling.sigmas.detach().to("cpu", torch.float64)
         # ComfyUI keeps sigma = sqrt((1 - a) / a); kohya's alphas_cumprod is a = 1 / (1 + sigma^2)
         self.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
-        self.prediction_type = prediction_type_of(base)
+        self.prediction_type = prediction_type_of(sampling)
         self.device = torch.device(patcher.load_device)
         self.compute_dtype = base.manual_cast_dtype or base.get_dtype()
 
@@ -59,25 +59,34 @@ class ComfyVAEEncoder:
         return self.vae.encode(pixels)
 
 
-def prediction_type_of(base) -> str:
-    kind = getattr(base.model_type, "name", str(base.model_type))
-    if kind == "EPS":
-        return "epsilon"
-    if kind == "V_PREDICTION":
+def prediction_type_of(sampling) -> str:
+    """From the model_sampling object the sampler uses, so ModelSamplingDiscrete overrides count."""
+    import comfy.model_sampling
+
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
         return "v_prediction"
-    raise ModelError(f"This MODEL predicts {kind}; the trainer handles epsilon (SD1.x) models in this version.")
+    if isinstance(sampling, comfy.model_sampling.EPS):
+        return "epsilon"
+    raise ModelError(f"This MODEL samples with {type(sampling).__name__}; the trainer handles epsilon (SD1.x) "
+                     "models in this version.")
 
 
-def model_family(base) -> str:
+def model_family(patcher) -> str:
     """kohya's ss_base_model_version for the models this version trains; a clear error for the rest."""
     import comfy.supported_models
 
-    config = base.model_config
-    if type(config) is comfy.supported_models.SD15 and prediction_type_of(base) == "epsilon":
-        return "sd_v1"
-    raise ModelError(f"Train supports SD1.x checkpoints in this version, and this MODEL is "
-                     f"{type(config).__name__} ({getattr(base.model_type, 'name', base.model_type)}). "
-                     "Load an SD1.5-based checkpoint; SD2 and SDXL support is on the roadmap.")
+    config = patcher.model.model_config
+    if type(config) is not comfy.supported_models.SD15:
+        raise ModelError(f"Train supports SD1.x checkpoints in this version, and this MODEL is "
+                         f"{type(config).__name__}. Load an SD1.5-based checkpoint; SD2 and SDXL support is on "
+                         "the roadmap.")
+    if config.unet_config.get("in_channels") != 4:
+        raise ModelError(f"This SD1.x MODEL takes {config.unet_config.get('in_channels')} input channels (an "
+                         "inpainting or instruct model); train on a regular SD1.5-based checkpoint.")
+    if prediction_type_of(patcher.get_model_object("model_sampling")) != "epsilon":
+        raise ModelError("This SD1.x MODEL is set to v-prediction (ModelSamplingDiscrete); this version trains "
+                         "SD1.x with epsilon prediction only. Remove the v-prediction node before Train.")
+    return "sd_v1"
 
 
 def ldm_to_diffusers_paths(unet_config: dict) -> dict[str, str]:
@@ -105,10 +114,24 @@ def sd1_lora_targets(unet, unet_config: dict) -> dict:
 
 
 def trainable_from_comfy(patcher, clip) -> TrainableModel:
+    import comfy.model_management
+
     base = patcher.model
-    family = model_family(base)
+    family = model_family(patcher)
     targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config)
-    return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip))
+
+    def load_unet() -> None:
+        # after the captions are encoded, so loading CLIP cannot push the UNet back off the GPU
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+
+    return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip),
+                          prepare=load_unet)
+
+
+def clip_skip_of(clip) -> int | None:
+    """kohya's clip_skip from CLIPSetLastLayer (layer_idx -2 is clip skip 2); None when unset."""
+    layer = getattr(clip, "layer_idx", None)
+    return -layer if isinstance(layer, int) and layer < 0 else None
 
 
 def apply_lora_patches(patcher, clip, tensors: dict[str, torch.Tensor]):

@@ -28,6 +28,8 @@ class LoRAConfigure(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, algorithm, rank, alpha):
+        if None in (algorithm, rank, alpha):      # a linked input: its value is known only at run time
+            return True
         try:
             NetworkConfig(algorithm, rank, alpha).validated()
         except Exception as exc:  # shown to the user before the run starts

@@ -35,6 +35,8 @@ class LoRAOptimizer(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
                         max_grad_norm):
+        if None in (optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup, max_grad_norm):
+            return True                           # a linked input: its value is known only at run time
         try:
             cls.config(optimizer_type, learning_rate, weight_decay, beta1, beta2, lr_scheduler, lr_warmup,
                        max_grad_norm)

@@ -11,16 +11,17 @@ import torch
 from comfy_api.latest import io
 
 from ..trainer.latent_cache import LatentCache
-from ..trainer.loop import TrainCallbacks, TrainProgress, TrainResult, train_lora
+from ..trainer.loop import TrainCallbacks, TrainProgress, TrainResult, train_lora, training_precision
 from ..trainer.atomic_files import write_json_atomic
 from ..trainer.lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
 from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
 from ..trainer.metadata import training_metadata
 from ..trainer.network import NetworkConfig
 from ..trainer.optim import OptimizerConfig
+from ..trainer.errors import ConfigError
 from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
 from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
-from .comfy_model import apply_lora_patches, trainable_from_comfy
+from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
 
 
@@ -42,6 +43,29 @@ def _run_name_taken(folder: str, name: str) -> bool:
     if not os.path.isdir(directory):
         return False
     return any(entry.startswith(stem + "-") and entry.endswith(".safetensors") for entry in os.listdir(directory))
+
+
+def describe_precision(precision: str) -> str:
+    if precision == "fp16":
+        return "fp16 (the MODEL's weights are fp16; loss scaling on)"
+    return precision
+
+
+def check_latents_fit(latents: LatentCache, model) -> None:
+    """SD1.x needs bucket sides divisible by 64 (3 downsamplings of 8x latents) and 4 latent channels."""
+    odd = sorted(size for size in latents.buckets if size[0] % 64 or size[1] % 64)
+    if odd:
+        raise ConfigError(f"Buckets {', '.join(f'{w}x{h}' for w, h in odd)} are not multiples of 64, which SD1.x "
+                          "needs. Set bucket_reso_steps to 64 in Bucket & Cache Latents.")
+    channels = {s.latent.shape[0] for s in latents.samples}
+    expected = model.model.model_config.unet_config.get("in_channels", 4)
+    if channels != {expected}:
+        raise ConfigError(f"The cached latents have {sorted(channels)} channels but this MODEL takes {expected}: "
+                          "encode the dataset with the VAE that belongs to this checkpoint.")
+
+
+def default_precision() -> str:
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
 
 
 @dataclass
@@ -81,11 +105,12 @@ class RunRecorder:
 def run_training(model, clip, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
                  settings: TrainSettings, node_id: str | None = None) -> TrainOutputs:
     """The Train node's work, callable without the executor (tests, scripts)."""
-    import comfy.model_management
-
     settings = settings.validated()
     trainable = trainable_from_comfy(model, clip)
+    check_latents_fit(latents, model)
     plan = plan_run(latents, settings)
+    clip_skip = clip_skip_of(clip)
+    precision = training_precision(settings, trainable.denoiser.compute_dtype)
     run_name = unused_run_name(settings.output_name)
     session_id = new_session_id()
     prediction_type = trainable.denoiser.prediction_type
@@ -93,12 +118,14 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     def metadata_for(progress: TrainProgress) -> dict[str, str]:
         return training_metadata(run_name=run_name, session_id=session_id, cache=latents, network=network,
                                  optimizer=optimizer, settings=settings, plan=plan, progress=progress,
-                                 base_model_version=trainable.base_model_version, prediction_type=prediction_type)
+                                 base_model_version=trainable.base_model_version, prediction_type=prediction_type,
+                                 precision=precision, clip_skip=clip_skip)
 
     recorder = RunRecorder(run_name, metadata_for)
     plan_text = "\n".join([f"run {run_name}", latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps), plan.describe(),
-                           f"batch {settings.batch_size}, seed {settings.seed}, {settings.precision}"])
+                           f"batch {settings.batch_size}, seed {settings.seed}, {describe_precision(precision)}"
+                           + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = ProgressReporter(node_id, plan.total_steps)
 
     def on_step(progress: TrainProgress, total: int) -> None:
@@ -122,7 +149,6 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
                                on_epoch_checkpoint=on_epoch_checkpoint, on_abort=on_abort)
-    comfy.model_management.load_models_gpu([model], force_full_load=True)
     started = time.perf_counter()
     with torch.inference_mode(False):
         result = train_lora(trainable, latents, network, optimizer, settings, callbacks)
@@ -168,7 +194,7 @@ class LoRATrain(io.ComfyNode):
                 # not named "seed": the frontend would attach randomize-after-generate and retrain every queue
                 io.Int.Input("train_seed", display_name="seed", default=42, min=0, max=2**32 - 1,
                              tooltip="Seed for LoRA init, noise, timesteps and batch order."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16" if torch.cuda.is_available() else "fp32",
+                io.Combo.Input("precision", options=list(PRECISIONS), default=default_precision(),
                                tooltip="bf16: base model math in bf16 autocast, LoRA weights in fp32."),
                 io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
                              tooltip="Also save <name>-<epoch>.safetensors every N epochs; 0 = only at the end."),

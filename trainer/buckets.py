@@ -115,7 +115,8 @@ def select_bucket(settings: BucketSettings, width: int, height: int) -> BucketCh
         else:
             resized = (width, height)
         bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
-    return BucketChoice(bucket, resized, bucket[0] / bucket[1] - aspect)
+    ar_error = bucket[0] / bucket[1] - aspect if bucket[1] else math.inf
+    return BucketChoice(bucket, resized, ar_error)
 
 
 def resize_and_crop(image: Image.Image, choice: BucketChoice) -> Image.Image:

@@ -24,13 +24,14 @@ class DiffusersUNetDenoiser:
         self.latent_scale = latent_scale
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
         self.device = next(unet.parameters()).device
-        self.dtype = next(unet.parameters()).dtype
+        self.compute_dtype = next(unet.parameters()).dtype
 
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return raw_latents * self.latent_scale
 
     def __call__(self, noisy_latents, timesteps, context):
-        return self.unet(noisy_latents.to(self.dtype), timesteps, encoder_hidden_states=context.to(self.dtype)).sample
+        return self.unet(noisy_latents.to(self.compute_dtype), timesteps,
+                         encoder_hidden_states=context.to(self.compute_dtype)).sample
 
 
 class DiffusersVAEEncoder:

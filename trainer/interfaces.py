@@ -7,7 +7,7 @@ trainer/diffusers_adapter.py for diffusers) hands it these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ class Denoiser(Protocol):
     prediction_type: str
     alphas_cumprod: torch.Tensor
     device: torch.device
+    compute_dtype: torch.dtype
 
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor: ...
 
@@ -58,6 +59,7 @@ class TrainableModel:
     frozen_root: nn.Module
     base_model_version: str          # kohya's ss_base_model_version, e.g. "sd_v1"
     caption_encoder: CaptionEncoder
+    prepare: Callable[[], None] | None = None   # called once captions are encoded, before the first step
 
 
 def frozen_parameter_bytes(module: nn.Module) -> int:

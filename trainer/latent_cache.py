@@ -108,6 +108,10 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
         for entry in subset.images:
             size = image_size(entry.path)
             choice = select_bucket(settings, *size)
+            if min(choice.bucket) < settings.bucket_reso_steps:
+                raise DatasetError(f"Image {entry.path} is {size[0]}x{size[1]}, smaller than one bucket step "
+                                   f"({settings.bucket_reso_steps} px) on a side, so bucket_no_upscale leaves no "
+                                   "bucket for it. Remove or enlarge it, or turn bucket_no_upscale off.")
             ar_errors.append(abs(choice.ar_error))
             planned.setdefault(choice.bucket, []).append((subset, entry, choice, size))
 

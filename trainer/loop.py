@@ -59,6 +59,7 @@ class TrainResult:
     settings: TrainSettings
     network: NetworkConfig
     optimizer: OptimizerConfig
+    precision: str                      # what the run computed in (fp32, bf16, or fp16 with loss scaling)
 
 
 @contextmanager
@@ -93,6 +94,13 @@ def encode_captions(model: TrainableModel, captions: list[str]) -> dict[str, tor
     return encoded
 
 
+def training_precision(settings: TrainSettings, compute_dtype: torch.dtype) -> str:
+    """What the run really computes in: fp16 models train in fp16 with loss scaling, whatever was asked."""
+    if compute_dtype == torch.float16 and settings.precision != "bf16":
+        return "fp16"
+    return settings.precision
+
+
 def train_lora(model: TrainableModel, cache: LatentCache, network_config: NetworkConfig,
                optimizer_config: OptimizerConfig, settings: TrainSettings,
                callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -101,18 +109,18 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     optimizer_config = optimizer_config.validated()
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
-    device = denoiser.device
 
     contexts = encode_captions(model, [s.caption for s in cache.samples])
+    if model.prepare is not None:
+        model.prepare()                          # e.g. load the UNet onto the GPU, after the text encoder ran
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(model.lora_targets, network_config)
-    network.to(device)
+    network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
-    generator = torch.Generator().manual_seed(settings.seed)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.precision == "bf16"
-                else nullcontext())
+    stepper = TrainStep(denoiser, network, optimizer, optimizer_config, contexts,
+                        training_precision(settings, denoiser.compute_dtype), settings.seed)
     progress = TrainProgress()
 
     replace_inference_tensors(model.frozen_root)
@@ -124,8 +132,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         break
                     if callbacks.check_cancel:
                         callbacks.check_cancel()
-                    loss = _train_step(denoiser, network, optimizer, optimizer_config, batch, contexts,
-                                       generator, autocast, device, progress.step + 1)
+                    loss = stepper(batch, progress.step + 1)
                     progress.learning_rates.append(scheduler.get_last_lr()[0])
                     scheduler.step()
                     progress.step += 1
@@ -142,28 +149,66 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                 callbacks.on_abort(progress, network.kohya_state_dict(), exc)
             raise
     progress.finished_at = time.time()
-    return TrainResult(network.kohya_state_dict(), progress, plan, settings, network.config, optimizer_config)
+    return TrainResult(network.kohya_state_dict(), progress, plan, settings, network.config, optimizer_config,
+                       stepper.precision)
 
 
-def _train_step(denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer, optimizer_config: OptimizerConfig,
-                batch, contexts: dict[str, torch.Tensor], generator: torch.Generator, autocast,
-                device: torch.device, step: int) -> float:
-    raw = torch.stack([sample.latent for sample in batch]).to(device)
-    latents = denoiser.scale_latents(raw)
-    noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
-                                                        denoiser.prediction_type, generator)
-    context = batch_context([contexts[sample.caption] for sample in batch]).to(device)
-    weights = torch.tensor([sample.loss_weight for sample in batch], device=device)
-    with autocast:
-        prediction = denoiser(noisy, timesteps, context)
-    loss = (per_sample_mse(prediction, target) * weights).mean()
-    if not torch.isfinite(loss):
-        # checked before backward so the LoRA handed to on_abort is the last finite one
-        raise TrainerError(f"The loss became {loss.item()} at step {step}. Lower the learning rate, or train "
-                           "in fp32; the LoRA up to the previous step was kept.")
-    loss.backward()
-    if optimizer_config.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(network.trainable_parameters(), optimizer_config.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class TrainStep:
+    """One optimisation step: noise, forward, kohya's loss, backward, clip, step.
+
+    Non-finite losses and gradients stop the run before the optimizer touches the LoRA, so what on_abort
+    keeps is the last good LoRA. fp16 compute uses dynamic loss scaling (kohya: Accelerate's GradScaler).
+    """
+
+    def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
+                 optimizer_config: OptimizerConfig, contexts: dict[str, torch.Tensor], precision: str, seed: int):
+        self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
+        self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
+        self.contexts = contexts
+        self.precision = precision
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = denoiser.device
+        self.autocast_dtype = {"bf16": torch.bfloat16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.parameters = network.trainable_parameters()
+
+    def __call__(self, batch, step: int) -> float:
+        try:
+            return self._run(batch, step)
+        except OUT_OF_MEMORY:
+            raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
+                               "bf16, or close other models; the LoRA up to the previous step was kept.") from None
+
+    def _run(self, batch, step: int) -> float:
+        device, denoiser = self.device, self.denoiser
+        raw = torch.stack([sample.latent for sample in batch]).to(device)
+        latents = denoiser.scale_latents(raw)
+        noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
+                                                            denoiser.prediction_type, self.generator)
+        context = batch_context([self.contexts[sample.caption] for sample in batch]).to(device)
+        weights = torch.tensor([sample.loss_weight for sample in batch], device=device)
+        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else nullcontext())
+        with autocast:
+            prediction = denoiser(noisy, timesteps, context)
+        loss = (per_sample_mse(prediction, target) * weights).mean()
+        if not torch.isfinite(loss):
+            raise TrainerError(f"The loss became {loss.item()} at step {step}. Lower the learning rate; the LoRA "
+                               "up to the previous step was kept.")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)          # skips the step when fp16 gradients overflowed
+            self.scaler.update()
+        elif not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainerError(f"The gradients became {norm.item()} at step {step}. Lower the learning rate; the "
+                               "LoRA up to the previous step was kept.")
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import os
+import time
 
 from .latent_cache import LatentCache, tag_frequency
 from .lora_file import json_text, model_spec
@@ -18,7 +18,8 @@ NETWORK_MODULE = "networks.lora"
 def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, network: NetworkConfig,
                       optimizer: OptimizerConfig, settings: TrainSettings, plan: TrainPlan,
                       progress: TrainProgress, base_model_version: str, prediction_type: str,
-                      clip_skip: int | None = None) -> dict[str, str]:
+                      precision: str, clip_skip: int | None = None) -> dict[str, str]:
+    """Metadata as of now: interrupted and intermediate saves carry their own step, epoch and time."""
     resolution = cache.settings.resolution
     dataset_dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.images)}
                     for s in cache.dataset.subsets if not s.is_reg}
@@ -27,7 +28,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
     values = {
         "ss_session_id": session_id,
         "ss_training_started_at": progress.started_at,
-        "ss_training_finished_at": progress.finished_at,
+        "ss_training_finished_at": progress.finished_at or time.time(),
         "ss_output_name": run_name,
         "ss_learning_rate": optimizer.learning_rate,
         "ss_text_encoder_lr": None,
@@ -46,8 +47,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_network_dim": network.rank,
         "ss_network_alpha": network.effective_alpha,
         "ss_network_dropout": None,
-        "ss_network_args": None,
-        "ss_mixed_precision": "bf16" if settings.precision == "bf16" else "no",
+        "ss_mixed_precision": "no" if precision == "fp32" else precision,
         "ss_full_fp16": False,
         "ss_v2": False,
         "ss_base_model_version": base_model_version,
@@ -82,6 +82,12 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_huber_c": 0.1,
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
+        "ss_validation_seed": None,
+        "ss_validation_split": 0.0,
+        "ss_max_validation_steps": None,
+        "ss_validate_every_n_epochs": None,
+        "ss_validate_every_n_steps": None,
+        "ss_resize_interpolation": None,
         "ss_batch_size_per_device": settings.batch_size,
         "ss_total_batch_size": settings.batch_size,
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
@@ -102,10 +108,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_epoch": progress.epoch,
     }
     metadata = {key: str(value) for key, value in values.items()}
-    date = datetime.datetime.fromtimestamp(progress.started_at)
-    metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, date))
+    metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))
+    if clip_skip:
+        metadata["modelspec.encoder_layer"] = str(clip_skip)
     return metadata
 
-
-def dataset_label(cache: LatentCache) -> str:
-    return os.path.basename(cache.dataset.root.rstrip(os.sep))

@@ -25,10 +25,12 @@ def noisy_latents_and_target(latents: torch.Tensor, alphas_cumprod: torch.Tensor
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-    timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator).to(latents.device)
-    alpha_bar = alphas_cumprod.to(latents.device, torch.float64)[timesteps].view(batch, 1, 1, 1)
-    sqrt_a = alpha_bar.sqrt().float()
-    sqrt_one_minus_a = (1.0 - alpha_bar).sqrt().float()
+    timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+    # the schedule is looked up in float64 on the CPU (Apple's MPS has no float64), then sent as float32
+    alpha_bar = alphas_cumprod.to("cpu", torch.float64)[timesteps].view(batch, 1, 1, 1)
+    sqrt_a = alpha_bar.sqrt().float().to(latents.device)
+    sqrt_one_minus_a = (1.0 - alpha_bar).sqrt().float().to(latents.device)
+    timesteps = timesteps.to(latents.device)
     noisy = sqrt_a * latents + sqrt_one_minus_a * noise
     if prediction_type == "epsilon":
         target = noise

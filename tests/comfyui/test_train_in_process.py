@@ -65,7 +65,9 @@ def test_epoch_saves_use_kohya_names(trained, comfy_folders):
     assert sorted(os.listdir(comfy_folders["loras"])) == ["inproc-000001.safetensors", "inproc-000002.safetensors"]
 
 
-def test_models_other_than_sd1_are_refused_clearly(comfy, pack, tiny):
+def test_models_other_than_sd1_epsilon_are_refused_clearly(comfy, pack, tiny):
+    import comfy.model_patcher
+    import comfy.model_sampling
     import comfy.supported_models
 
     from comfyui_lora_trainer.nodes.comfy_model import model_family
@@ -75,6 +77,17 @@ def test_models_other_than_sd1_are_refused_clearly(comfy, pack, tiny):
     unet_config.update(context_dim=64, use_linear_in_transformer=True, adm_in_channels=2816)
     config = comfy.supported_models.SDXL(unet_config)
     config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({}, device="meta")
-    with pytest.raises(ModelError, match="SD1.x"):
-        model_family(base)
+    sdxl = comfy.model_patcher.ModelPatcher(config.get_model({}, device="meta"), "cpu", "cpu")
+    with pytest.raises(ModelError, match="SD1.x checkpoints"):
+        model_family(sdxl)
+
+    sd15 = tiny.sd15_model(randomize=False)
+    assert model_family(sd15) == "sd_v1"
+
+    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+        pass
+
+    v_model = sd15.clone()                 # what the ModelSamplingDiscrete node does for v_prediction
+    v_model.add_object_patch("model_sampling", VPrediction(sd15.model.model_config))
+    with pytest.raises(ModelError, match="v-prediction"):
+        model_family(v_model)

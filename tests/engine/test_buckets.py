@@ -54,3 +54,15 @@ def test_resize_covers_bucket_then_centre_crops():
 def test_bad_settings_explain_themselves(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         BucketSettings(**kwargs).validated()
+
+
+def test_image_too_small_for_no_upscale_is_named(tmp_path):
+    from tests.helpers import make_kohya_folder
+    from trainer.dataset import load_dataset_folder
+    from trainer.errors import DatasetError
+    from trainer.latent_cache import cache_latents
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(40, 600)]})
+    with pytest.raises(DatasetError, match="0.png is 40x600"):
+        cache_latents(load_dataset_folder(root), encoder=None,
+                      settings=BucketSettings((512, 512), 256, 1024, 64, no_upscale=True))

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import safetensors.torch
@@ -84,6 +85,9 @@ def test_save_is_atomic_numbered_and_hashed(tmp_path):
     second = save_lora(make_lora(), str(tmp_path), "my_lora.safetensors", "bf16")
     assert first.endswith("my_lora.safetensors") and second.endswith("my_lora_2.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_lora.safetensors", "my_lora_2.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(first).st_mode & 0o777 == 0o666 & ~umask      # not mkstemp's private 0600
     metadata = read_metadata(first)
     assert len(metadata["sshs_model_hash"]) == 64 and len(metadata["sshs_legacy_hash"]) == 8
     loaded = safetensors.torch.load_file(first)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -88,3 +90,30 @@ def test_step_limit_caps_the_run_and_lr_follows_the_schedule(tmp_path, tiny_trai
     assert result.plan.total_steps == 8 and result.progress.step == 8 and result.plan.epochs == 2
     lrs = result.progress.learning_rates
     assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3) and lrs[-1] < lrs[3]
+
+
+def test_divergence_stops_with_the_last_finite_lora(tmp_path, tiny_trainable, tiny_vae_encoder):
+    from trainer.errors import TrainerError
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    kept = {}
+    with pytest.raises(TrainerError, match="became") as info:
+        train_lora(tiny_trainable, cache, NetworkConfig(rank=4, alpha=4),
+                   OptimizerConfig(learning_rate=1e8, scheduler="constant", warmup_ratio=0.0, max_grad_norm=0.0),
+                   TrainSettings(epochs=50, batch_size=1),
+                   TrainCallbacks(on_abort=lambda progress, tensors, exc: kept.update(tensors=tensors)))
+    assert "previous step was kept" in str(info.value)
+    assert kept and all(torch.isfinite(t).all() for t in kept["tensors"].values())
+
+
+def test_fp16_model_trains_with_loss_scaling(tmp_path, tiny_vae_encoder):
+    from tests.engine.conftest import HashedWordEncoder, tiny_unet
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    model = diffusers_sd1_trainable(tiny_unet().half(), FunctionCaptionEncoder(HashedWordEncoder()))
+    result = train_lora(model, cache, NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3),
+                        TrainSettings(epochs=1, precision="fp32"))
+    assert result.precision == "fp16"
+    assert all(math.isfinite(x) for x in result.progress.losses)
+    assert all(t.dtype == torch.float32 for t in result.tensors.values())
