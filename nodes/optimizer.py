@@ -18,7 +18,7 @@ class LoRAOptimizer(io.ComfyNode):
             description="Optimizer and learning-rate schedule, with kohya's meanings.",
             inputs=[
                 io.Combo.Input("optimizer_type", options=list(OPTIMIZER_TYPES), default="AdamW"),
-                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=10.0, step=1e-5, round=False,
+                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=10.0, step=1e-6, round=False,
                                tooltip="kohya_ss default 1e-4."),
                 io.Float.Input("weight_decay", default=0.01, min=0.0, max=10.0, step=0.001, round=False),
                 io.Float.Input("beta1", default=0.9, min=0.0, max=0.9999, step=0.001, round=False),

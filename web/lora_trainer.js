@@ -6,12 +6,28 @@ import { api } from "../../scripts/api.js";
 const HISTORY = 500;
 const lossesByNode = new Map();
 
+const CHART_HEIGHT = 60;
+const TEXT_ROOM = 40; // the frontend's own progress text sits right under the widgets, above the chart
+
+// y just below the node's ordinary widgets (DOM widgets such as the progress text are laid out apart)
+function chartTop(node) {
+  let bottom = 0;
+  for (const widget of node.widgets ?? []) {
+    if (widget.element) continue;
+    const y = widget.last_y ?? widget.y ?? 0;
+    const height = widget.computeSize?.(node.size[0])?.[1] ?? 20;
+    bottom = Math.max(bottom, y + height);
+  }
+  return bottom + 6;
+}
+
 function drawLoss(node, ctx) {
   const losses = lossesByNode.get(String(node.id));
   if (!losses || losses.length < 2) return;
   const width = node.size[0] - 20;
-  const height = 60;
-  const top = node.size[1] - height - 8;
+  const height = CHART_HEIGHT;
+  const top = chartTop(node) + TEXT_ROOM;
+  if (node.size[1] < top + height + 10) node.setSize([node.size[0], top + height + 10]);
   const low = Math.min(...losses);
   const high = Math.max(...losses);
   const span = high - low || 1;
