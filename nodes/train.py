@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..trainer.atomic_files import write_json_atomic
+from ..trainer.errors import ConfigError
 from ..trainer.latent_cache import LatentCache
 from ..trainer.loop import TrainCallbacks, TrainProgress, TrainResult, train_lora, training_precision
-from ..trainer.atomic_files import write_json_atomic
 from ..trainer.lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
 from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
 from ..trainer.metadata import training_metadata
 from ..trainer.network import NetworkConfig
 from ..trainer.optim import OptimizerConfig
-from ..trainer.errors import ConfigError
 from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
 from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy

@@ -6,6 +6,7 @@ The loop owns nothing global: the RNGs it uses are its own generators, the base 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import contextmanager, nullcontext
@@ -23,6 +24,8 @@ from .network import LoRANetwork, NetworkConfig
 from .objective import noisy_latents_and_target, per_sample_mse
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,7 +149,10 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     callbacks.on_epoch_checkpoint(progress, network.kohya_state_dict())
         except BaseException as exc:
             if callbacks.on_abort and progress.step > 0:
-                callbacks.on_abort(progress, network.kohya_state_dict(), exc)
+                try:
+                    callbacks.on_abort(progress, network.kohya_state_dict(), exc)
+                except Exception:  # keeping the partial LoRA failed too: report it, but raise the first error
+                    logger.exception("could not keep the partially trained LoRA after: %s", exc)
             raise
     progress.finished_at = time.time()
     return TrainResult(network.kohya_state_dict(), progress, plan, settings, network.config, optimizer_config,
