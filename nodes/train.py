@@ -20,6 +20,7 @@ from ..trainer.metadata import training_metadata
 from ..trainer.network import NetworkConfig
 from ..trainer.optim import OptimizerConfig
 from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
+from ..trainer.resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name
 from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
@@ -102,16 +103,30 @@ class RunRecorder:
         return path
 
 
+def resumable_state(run_name: str) -> TrainState:
+    """The newest saved state of a run, with an actionable error when there is none."""
+    name = checked_file_name(run_name)
+    folder = latest_state_folder(run_data_folder(name))
+    if folder is None:
+        raise ConfigError(f"Run {name!r} has no saved state in {run_data_folder(name)}. A state is saved when a run "
+                          "is cancelled or stops on an error; clear resume_from to start a new run.")
+    return load_state(folder)
+
+
 def run_training(model, clip, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
-                 settings: TrainSettings, node_id: str | None = None) -> TrainOutputs:
-    """The Train node's work, callable without the executor (tests, scripts)."""
+                 settings: TrainSettings, node_id: str | None = None, resume_from: str = "") -> TrainOutputs:
+    """The Train node's work, callable without the executor (tests, scripts).
+
+    `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
+    """
     settings = settings.validated()
     trainable = trainable_from_comfy(model, clip)
     check_latents_fit(latents, model)
     plan = plan_run(latents, settings)
     clip_skip = clip_skip_of(clip)
     precision = training_precision(settings, trainable.denoiser.compute_dtype)
-    run_name = unused_run_name(settings.output_name)
+    resume = resumable_state(resume_from) if resume_from.strip() else None
+    run_name = checked_file_name(resume_from) if resume else unused_run_name(settings.output_name)
     session_id = new_session_id()
     prediction_type = trainable.denoiser.prediction_type
 
@@ -122,7 +137,8 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                                  precision=precision, clip_skip=clip_skip)
 
     recorder = RunRecorder(run_name, metadata_for)
-    plan_text = "\n".join([f"run {run_name}", latents.describe(), network.describe(),
+    plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
+                           latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps), plan.describe(),
                            f"batch {settings.batch_size}, seed {settings.seed}, {describe_precision(precision)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
@@ -141,17 +157,18 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     def on_epoch_checkpoint(progress: TrainProgress, tensors) -> None:
         recorder.save_lora(f"-{progress.epoch:06d}", progress, tensors)
 
-    def on_abort(progress: TrainProgress, tensors, exc: BaseException) -> None:
-        # keep what was trained: a loadable LoRA and the run log, whatever stopped the run
-        path = recorder.save_lora("-interrupted", progress, tensors)
+    def on_abort(progress: TrainProgress, state: TrainState, exc: BaseException) -> None:
+        # keep what was trained: a loadable LoRA, the state to resume from, and the run log
+        path = recorder.save_lora("-interrupted", progress, state.network)
+        state_folder = save_state(os.path.join(run_data_folder(run_name), state_folder_name(state.step)), state)
         recorder.write_log("cancelled" if is_cancel(exc) else f"error: {exc}", progress, plan_text,
-                           {"interrupted_lora": path})
+                           {"interrupted_lora": path, "state": state_folder})
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
                                on_epoch_checkpoint=on_epoch_checkpoint, on_abort=on_abort)
     started = time.perf_counter()
     with torch.inference_mode(False):
-        result = train_lora(trainable, latents, network, optimizer, settings, callbacks)
+        result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume)
     seconds = time.perf_counter() - started
 
     metadata = metadata_for(result.progress)
@@ -198,6 +215,9 @@ class LoRATrain(io.ComfyNode):
                                tooltip="bf16: base model math in bf16 autocast, LoRA weights in fp32."),
                 io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
                              tooltip="Also save <name>-<epoch>.safetensors every N epochs; 0 = only at the end."),
+                io.String.Input("resume_from", default="", optional=True,
+                                tooltip="Name of a cancelled or failed run to continue exactly where it stopped "
+                                        "(same settings); it keeps its name. Empty = a new run."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -211,10 +231,11 @@ class LoRATrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
-                train_seed, precision, save_every_n_epochs) -> io.NodeOutput:
+                train_seed, precision, save_every_n_epochs, resume_from="") -> io.NodeOutput:
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                  seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs)
-        out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id)
+        out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
+                           resume_from=resume_from or "")
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
                              ui={"text": [out.summary]})
 

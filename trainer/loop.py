@@ -24,6 +24,7 @@ from .network import LoRANetwork, NetworkConfig
 from .objective import noisy_latents_and_target, per_sample_mse
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
+from .resume import TrainState, check_resumable, run_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,15 @@ class TrainProgress:
 class TrainCallbacks:
     """Hooks into the host (ComfyUI node or a test). All optional.
 
-    `check_cancel` may raise to stop the run; `on_abort` then gets the partial network state before the
-    exception propagates, so Cancel and errors keep what was trained.
+    `check_cancel` may raise to stop the run; `on_abort` then gets the resumable state (LoRA, optimizer,
+    schedule, RNG) as of the last completed step before the exception propagates, so Cancel and errors
+    keep what was trained.
     """
 
     on_step: Callable[[TrainProgress, int], None] | None = None            # (progress, total_steps)
     check_cancel: Callable[[], None] | None = None
     on_epoch_checkpoint: Callable[[TrainProgress, dict[str, torch.Tensor]], None] | None = None
-    on_abort: Callable[[TrainProgress, dict[str, torch.Tensor], BaseException], None] | None = None
+    on_abort: Callable[[TrainProgress, TrainState, BaseException], None] | None = None
 
 
 @dataclass
@@ -106,7 +108,8 @@ def training_precision(settings: TrainSettings, compute_dtype: torch.dtype) -> s
 
 def train_lora(model: TrainableModel, cache: LatentCache, network_config: NetworkConfig,
                optimizer_config: OptimizerConfig, settings: TrainSettings,
-               callbacks: TrainCallbacks | None = None) -> TrainResult:
+               callbacks: TrainCallbacks | None = None, resume: TrainState | None = None) -> TrainResult:
+    """Train a LoRA; with `resume`, continue a stopped run exactly where its state was taken."""
     callbacks = callbacks or TrainCallbacks()
     settings = settings.validated()
     optimizer_config = optimizer_config.validated()
@@ -125,12 +128,30 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, contexts,
                         training_precision(settings, denoiser.compute_dtype), settings.seed)
     progress = TrainProgress()
+    fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
+    if resume is not None:
+        check_resumable(resume.fingerprint, fingerprint)
+        network.load_kohya_state_dict(resume.network)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        stepper.scaler.load_state_dict(resume.scaler)
+        stepper.generator.set_state(resume.generator)
+        progress.step, progress.epoch = resume.step, resume.step // plan.batches_per_epoch
+        progress.losses, progress.learning_rates = list(resume.losses), list(resume.learning_rates)
+    rng_state = stepper.generator.get_state()         # matches progress.step: taken after each completed step
+
+    def snapshot() -> TrainState:
+        return TrainState(fingerprint, progress.step, list(progress.losses), list(progress.learning_rates),
+                          network.kohya_state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+                          stepper.scaler.state_dict(), rng_state.clone())
 
     replace_inference_tensors(model.frozen_root)
+    first_epoch, done_in_epoch = divmod(progress.step, plan.batches_per_epoch)
     with frozen(model.frozen_root), network.attached(model.lora_targets):
         try:
-            for epoch in range(plan.epochs):
-                for batch in epoch_batches(cache, settings.batch_size, settings.seed, epoch):
+            for epoch in range(first_epoch, plan.epochs):
+                batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
+                for batch in batches[done_in_epoch if epoch == first_epoch else 0:]:
                     if progress.step >= plan.total_steps:
                         break
                     if callbacks.check_cancel:
@@ -140,6 +161,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     scheduler.step()
                     progress.step += 1
                     progress.losses.append(loss)
+                    rng_state = stepper.generator.get_state()
                     if callbacks.on_step:
                         callbacks.on_step(progress, plan.total_steps)
                 progress.epoch = epoch + 1
@@ -150,7 +172,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         except BaseException as exc:
             if callbacks.on_abort and progress.step > 0:
                 try:
-                    callbacks.on_abort(progress, network.kohya_state_dict(), exc)
+                    callbacks.on_abort(progress, snapshot(), exc)
                 except Exception:  # keeping the partial LoRA failed too: report it, but raise the first error
                     logger.exception("could not keep the partially trained LoRA after: %s", exc)
             raise

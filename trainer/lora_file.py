@@ -105,7 +105,6 @@ def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16"
     dtype = SAVE_DTYPES[precision]
     tensors = {key: value.to(dtype).contiguous() for key, value in lora.tensors.items()}
     metadata = dict(lora.metadata)
-    metadata["ss_save_precision"] = precision
     metadata = with_save_hashes(tensors, metadata)
     path = unused_path(folder, name)
     try:

@@ -113,6 +113,18 @@ class LoRANetwork(nn.Module):
             for handle in handles:
                 handle.remove()
 
+    def load_kohya_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take up/down weights saved by kohya_state_dict (same modules, same rank)."""
+        with torch.no_grad():
+            for name, module in self.lora_modules.items():
+                for part, layer in (("lora_down", module.down), ("lora_up", module.up)):
+                    saved = tensors.get(f"{name}.{part}.weight")
+                    if saved is None or saved.shape != layer.weight.shape:
+                        raise ConfigError(f"The saved LoRA does not fit this network at {name}.{part} "
+                                          f"(saved {None if saved is None else tuple(saved.shape)}, "
+                                          f"expected {tuple(layer.weight.shape)}).")
+                    layer.weight.copy_(saved)
+
     def kohya_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Tensors under kohya's key names, on CPU, contiguous, in `dtype` (alpha included)."""
         tensors = {}

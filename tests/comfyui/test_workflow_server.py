@@ -40,7 +40,8 @@ def server(tmp_path_factory):
     running.stop()
 
 
-def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save_precision: str = "fp32") -> dict:
+def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save_precision: str = "fp32",
+                   resume_from: str = "") -> dict:
     return {
         "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 1}},
         "2": {"class_type": "LoRALoadDatasetFolder", "inputs": {"folder": folder, "caption_extension": ".txt"}},
@@ -55,7 +56,8 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
         "6": {"class_type": "LoRATrain",
               "inputs": {"model": ["1", 0], "clip": ["1", 1], "latents": ["3", 0], "network": ["4", 0],
                          "optimizer": ["5", 0], "output_name": output_name, "epochs": epochs, "max_steps": 0,
-                         "batch_size": 2, "train_seed": 7, "precision": "fp32", "save_every_n_epochs": 0}},
+                         "batch_size": 2, "train_seed": 7, "precision": "fp32", "save_every_n_epochs": 0,
+                         "resume_from": resume_from}},
         "7": {"class_type": "LoRASaveSafetensors",
               "inputs": {"lora": ["6", 2], "file_name": "", "precision": save_precision}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["6", 3]}},
@@ -158,22 +160,33 @@ def test_bad_dataset_folder_stops_with_an_actionable_error(server):
     assert "empty_dataset" in message and "Expected layout" in message and "10_sks dog" in message, message
 
 
-def test_cancel_keeps_the_trained_lora(server):
-    prompt_id = server.queue(training_graph("cancel_lora", epochs=400))
-    run_folder = os.path.join(server.base_dir, "output", "lora-trainer")
+def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
+    prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120
-    while "cancel_lora: epoch 2/400" not in server.read_log():
+    while "cancel_lora: epoch 2/12" not in server.read_log():
         assert time.time() < deadline, server.read_log()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
     server.post("/interrupt")
     entry = server.wait(prompt_id)
     kinds = [kind for kind, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, kinds
     loras = os.listdir(os.path.join(server.base_dir, "models", "loras"))
     assert "cancel_lora-interrupted.safetensors" in loras, loras
-    with open(os.path.join(run_folder, "cancel_lora", "run.json")) as handle:
-        run = json.load(handle)
-    assert run["status"] == "cancelled" and 0 < run["step"] < 400 * 3
+    run_folder = os.path.join(server.base_dir, "output", "lora-trainer", "cancel_lora")
+    with open(os.path.join(run_folder, "run.json")) as handle:
+        stopped = json.load(handle)
+    assert stopped["status"] == "cancelled" and 10 <= stopped["step"] < 60
+    assert os.path.isfile(os.path.join(stopped["state"], "state.json"))
+
+    resumed = server.wait(server.queue(training_graph("ignored_when_resuming", epochs=12, resume_from="cancel_lora")))
+    assert resumed["status"]["status_str"] == "success", error_message(resumed)
+    summary = resumed["outputs"]["6"]["text"][0]
+    assert f"run cancel_lora, resumed at step {stopped['step']}" in summary and "trained 60 step(s)" in summary
+    assert "cancel_lora.safetensors" in os.listdir(os.path.join(server.base_dir, "models", "loras"))
+    with open(os.path.join(run_folder, "run.json")) as handle:
+        finished = json.load(handle)
+    assert finished["status"] == "finished" and len(finished["losses"]) == 60
+    assert finished["losses"][:stopped["step"]] == stopped["losses"]
 
 
 def test_example_workflow_matches_the_servers_node_definitions(server):
@@ -189,9 +202,10 @@ def test_example_workflow_matches_the_servers_node_definitions(server):
         if node["type"] == "Note":
             continue
         definition = info[node["type"]]
-        required = definition["input"]["required"]
+        required = {**definition["input"]["required"], **definition["input"].get("optional", {})}
+        order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
         linked = {entry["name"] for entry in node["inputs"]}
-        widget_inputs = [name for name in definition["input_order"]["required"]
+        widget_inputs = [name for name in order
                          if name not in linked and (isinstance(required[name][0], list)
                                                     or required[name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN",
                                                                              "COMBO"))]

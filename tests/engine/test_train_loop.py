@@ -56,8 +56,8 @@ def test_cancel_hands_the_partial_lora_to_on_abort_then_raises(tmp_path, tiny_tr
         if calls["checks"] == 3:
             raise Cancelled()
 
-    def on_abort(progress, tensors, exc):
-        kept.update(step=progress.step, tensors=tensors, exc=exc)
+    def on_abort(progress, state, exc):
+        kept.update(step=progress.step, tensors=state.network, exc=exc)
 
     with pytest.raises(Cancelled):
         train_lora(tiny_trainable, cache, NetworkConfig(rank=4), OptimizerConfig(learning_rate=1e-2),
@@ -101,7 +101,7 @@ def test_divergence_stops_with_the_last_finite_lora(tmp_path, tiny_trainable, ti
         train_lora(tiny_trainable, cache, NetworkConfig(rank=4, alpha=4),
                    OptimizerConfig(learning_rate=1e8, scheduler="constant", warmup_ratio=0.0, max_grad_norm=0.0),
                    TrainSettings(epochs=50, batch_size=1),
-                   TrainCallbacks(on_abort=lambda progress, tensors, exc: kept.update(tensors=tensors)))
+                   TrainCallbacks(on_abort=lambda progress, state, exc: kept.update(tensors=state.network)))
     assert "previous step was kept" in str(info.value)
     assert kept and all(torch.isfinite(t).all() for t in kept["tensors"].values())
 
@@ -117,3 +117,42 @@ def test_fp16_model_trains_with_loss_scaling(tmp_path, tiny_vae_encoder):
     assert result.precision == "fp16"
     assert all(math.isfinite(x) for x in result.progress.losses)
     assert all(t.dtype == torch.float32 for t in result.tensors.values())
+
+
+def fresh_model():
+    from tests.engine.conftest import HashedWordEncoder, tiny_unet
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+
+    return diffusers_sd1_trainable(tiny_unet(), FunctionCaptionEncoder(HashedWordEncoder()))
+
+
+def test_cancelled_run_resumes_exactly(tmp_path, tiny_vae_encoder):
+    from trainer.errors import ConfigError
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    args = (NetworkConfig(rank=4, alpha=2), OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.2))
+    settings = TrainSettings(epochs=3, batch_size=2, seed=9)               # 3 batches per epoch, 9 steps
+    whole = train_lora(fresh_model(), cache, *args, settings)
+
+    checks = {"n": 0}
+
+    def cancel_at_step_5():
+        checks["n"] += 1
+        if checks["n"] == 5:                                               # mid-epoch: 4 steps done
+            raise Cancelled()
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(fresh_model(), cache, *args, settings, TrainCallbacks(check_cancel=cancel_at_step_5, on_abort=keep))
+    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    assert state.step == 4
+    resumed = train_lora(fresh_model(), cache, *args, settings, resume=state)
+    assert resumed.progress.step == 9 and resumed.progress.losses == whole.progress.losses
+    assert resumed.progress.learning_rates == whole.progress.learning_rates
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+    with pytest.raises(ConfigError, match="seed: was 9, now 10"):
+        train_lora(fresh_model(), cache, *args, TrainSettings(epochs=3, batch_size=2, seed=10), resume=state)
