@@ -25,7 +25,8 @@ class LoRASaveSafetensors(io.ComfyNode):
             inputs=[
                 TrainedLora.Input("lora"),
                 io.String.Input("file_name", default="",
-                                tooltip="Name inside models/loras (sub-folders allowed); empty = the run's output name."),
+                                tooltip="Name inside models/loras (sub-folders allowed); "
+                                        "empty = the run's output name."),
                 io.Combo.Input("precision", options=["fp16", "bf16", "fp32"], default="fp16",
                                tooltip="Tensor precision in the file (kohya_ss GUI default fp16)."),
             ],

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from safetensors import safe_open
 
 from tests.reference_data import kohya_modules, lora_shapes

@@ -220,4 +220,5 @@ def test_example_workflow_matches_the_servers_node_definitions(server):
         assert linked <= set(required), (node["type"], linked)
     for link_id, source, slot, target, target_slot, wire in workflow["links"]:
         assert info[nodes[source]["type"]]["output"][slot] == wire
-        assert nodes[target]["inputs"][target_slot]["type"] == wire and nodes[target]["inputs"][target_slot]["link"] == link_id
+        target_input = nodes[target]["inputs"][target_slot]
+        assert target_input["type"] == wire and target_input["link"] == link_id
