@@ -7,7 +7,7 @@ trainer/diffusers_adapter.py for diffusers) hands it these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -61,10 +61,3 @@ class TrainableModel:
     caption_encoder: CaptionEncoder
     prepare: Callable[[], None] | None = None   # called once captions are encoded, before the first step
 
-
-def frozen_parameter_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
-def unique_in_order(items: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(items))

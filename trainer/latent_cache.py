@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -41,7 +41,6 @@ class LatentCache:
     dataset: Dataset
     mean_ar_error: float
     cache_mode: str = "memory"
-    notes: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> list[CachedSample]:
@@ -60,7 +59,6 @@ class LatentCache:
         lines = [f"{len(self.samples)} image(s) in {len(self.buckets)} bucket(s), latents in {self.cache_mode}"]
         for size, count in sorted(self.bucket_counts().items()):
             lines.append(f"  bucket {size[0]}x{size[1]}: {count} with repeats")
-        lines.extend(self.notes)
         return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .autograd_weights import replace_inference_tensors
 from .errors import TrainerError
-from .interfaces import TrainableModel, unique_in_order
+from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .network import LoRANetwork, NetworkConfig
 from .objective import noisy_latents_and_target, per_sample_mse
@@ -93,7 +93,7 @@ def encode_captions(model: TrainableModel, captions: list[str]) -> dict[str, tor
     """Encode each distinct caption once (the text encoder is not trained here)."""
     encoded = {}
     with torch.no_grad():
-        for caption in unique_in_order(captions):
+        for caption in dict.fromkeys(captions):        # distinct, in first-seen order
             hidden = model.caption_encoder.encode(caption)
             encoded[caption] = hidden.detach().to("cpu", torch.float32).clone()
     return encoded
