@@ -175,10 +175,12 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     lora = TrainedLora(run_name, result.tensors, metadata, result.progress.step, result.progress.epoch)
     patched_model, patched_clip = apply_lora_patches(model, clip, result.tensors)
     losses = result.progress.losses
+    steps_this_run = result.progress.step - (resume.step if resume else 0)
     summary = "\n".join([
         plan_text,
-        f"trained {result.progress.step} step(s) in {seconds:.1f} s ({result.progress.step / max(seconds, 1e-9):.2f} "
-        f"step/s); loss first {losses[0]:.4f}, last {losses[-1]:.4f}, mean {sum(losses) / len(losses):.4f}",
+        f"trained {result.progress.step} step(s), {steps_this_run} in this session in {seconds:.1f} s "
+        f"({steps_this_run / max(seconds, 1e-9):.2f} step/s); loss first {losses[0]:.4f}, last {losses[-1]:.4f}, "
+        f"mean {sum(losses) / len(losses):.4f}",
         f"{len(lora.module_names)} LoRA modules" + (f"; saved {', '.join(recorder.files)}" if recorder.files else ""),
     ])
     recorder.write_log("finished", result.progress, plan_text, {"seconds": seconds})

@@ -195,7 +195,8 @@ class TrainStep:
                  optimizer_config: OptimizerConfig, contexts: dict[str, torch.Tensor], precision: str, seed: int):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
         self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
-        self.contexts = contexts
+        # on the training device once, not per step (they are small: one per distinct caption)
+        self.contexts = {caption: hidden.to(denoiser.device) for caption, hidden in contexts.items()}
         self.precision = precision
         self.generator = torch.Generator().manual_seed(seed)
         self.device = denoiser.device
@@ -216,7 +217,7 @@ class TrainStep:
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)
-        context = batch_context([self.contexts[sample.caption] for sample in batch]).to(device)
+        context = batch_context([self.contexts[sample.caption] for sample in batch])
         weights = torch.tensor([sample.loss_weight for sample in batch], device=device)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
