@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
-# One-time setup for development and tests: a virtual environment in .venv with torch + torchvision
-# pinned as a working pair, the test packages, and, when a ComfyUI checkout exists at $COMFYUI_PATH
-# (default ~/ComfyUI), ComfyUI's own requirements so the ComfyUI test tier can run.
+# One-time setup for development and tests.
+# - .venv: the engine tier's environment, torch + torchvision pinned as a working pair, the test packages.
+# - every ComfyUI checkout in COMFYUI_PATH (several separated by ':'; unset: ~/ComfyUI, plus ~/ComfyUI-new
+#   when it exists) gets its own <checkout>/.venv, the Python that runs that ComfyUI in the ComfyUI tier:
+#   torch, torchvision and torchaudio as a trio (newer ComfyUI imports torchaudio at start), the checkout's
+#   requirements.txt and the test packages. A checkout's own pins (its frontend package, say) never meet
+#   another checkout's. An existing <checkout>/.venv is updated, not replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-COMFYUI_PATH=${COMFYUI_PATH:-$HOME/ComfyUI}
 TORCH_PIN=${TORCH_PIN:-"torch==2.14.1 torchvision==0.29.1"}
+COMFYUI_TORCH_PIN=${COMFYUI_TORCH_PIN:-"torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-# pip resolves every later install against the pinned pair, so nothing pulls in another torch
-printf '%s\n' $TORCH_PIN > .venv/torch-constraints.txt
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c .venv/torch-constraints.txt $TORCH_PIN -r tests/requirements.txt
+# make_venv FOLDER "PINS": a venv whose every later install resolves against the pins
+make_venv() {
+  local folder=$1 pins=$2
+  [ -x "$folder/bin/python" ] || "$PYTHON" -m venv "$folder"
+  printf '%s\n' $pins > "$folder/torch-constraints.txt"
+  "$folder/bin/python" -m pip install --quiet --upgrade pip
+  "$folder/bin/python" -m pip install --quiet -c "$folder/torch-constraints.txt" $pins -r tests/requirements.txt
+}
 
-if [ -f "$COMFYUI_PATH/requirements.txt" ]; then
-  # torchaudio has no build matching the pinned torch on PyPI; ComfyUI runs without it (audio nodes only)
-  grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ;]|$)' "$COMFYUI_PATH/requirements.txt" > .venv/comfyui-requirements.txt
-  .venv/bin/python -m pip install --quiet -c .venv/torch-constraints.txt -r .venv/comfyui-requirements.txt requests
-  echo "setup: ComfyUI requirements installed from $COMFYUI_PATH"
+make_venv .venv "$TORCH_PIN"
+echo "setup: .venv ready ($(.venv/bin/python -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)'))"
+
+checkouts=()
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  IFS=':' read -r -a checkouts <<< "$COMFYUI_PATH"
 else
-  echo "setup: no ComfyUI checkout at $COMFYUI_PATH; the ComfyUI test tier will be skipped"
+  checkouts=("$HOME/ComfyUI")
+  [ -d "$HOME/ComfyUI-new" ] && checkouts+=("$HOME/ComfyUI-new")
 fi
-echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+for checkout in "${checkouts[@]}"; do
+  [ -n "$checkout" ] || continue
+  if [ ! -f "$checkout/requirements.txt" ]; then
+    echo "setup: no ComfyUI checkout at $checkout; the ComfyUI tier will skip it"
+    continue
+  fi
+  make_venv "$checkout/.venv" "$COMFYUI_TORCH_PIN"
+  # the checkout's torch lines are replaced by the pinned trio above
+  grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ;]|$)' "$checkout/requirements.txt" > "$checkout/.venv/comfyui-requirements.txt"
+  "$checkout/.venv/bin/python" -m pip install --quiet -c "$checkout/.venv/torch-constraints.txt" \
+    -r "$checkout/.venv/comfyui-requirements.txt"
+  echo "setup: $checkout/.venv ready for ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$checkout/comfyui_version.py" 2>/dev/null) ($("$checkout/.venv/bin/python" -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)'))"
+done
+echo "setup: done"

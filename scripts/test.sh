@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs both test tiers: the engine tier always, the ComfyUI tier against $COMFYUI_PATH (default ~/ComfyUI)
-# when a checkout is there. Extra arguments go to pytest.
+# Runs the test tiers: the engine tier once, the ComfyUI tier once per ComfyUI checkout (COMFYUI_PATH,
+# several separated by ':'; default ~/ComfyUI plus ~/ComfyUI-new if present), each with that checkout's
+# Python. `--all` adds the tests marked slow. Other arguments go to pytest. See scripts/run_tests.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1   # tiny convolutions are ~100x slower with 2 threads on small machines
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python scripts/run_tests.py "$@"

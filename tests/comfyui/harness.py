@@ -12,7 +12,18 @@ TINY_PACK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_m
 
 
 def comfyui_path() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("COMFYUI_PATH", "~/ComfyUI")))
+    """The one checkout this test process runs against (scripts/run_tests.py sets one per process)."""
+    configured = os.environ.get("COMFYUI_PATH", "~/ComfyUI").split(":")[0]
+    return os.path.abspath(os.path.expanduser(configured))
+
+
+def comfyui_version(checkout: str | None = None) -> str:
+    """A checkout's version string from its comfyui_version.py, e.g. '0.3.64'."""
+    try:
+        with open(os.path.join(checkout or comfyui_path(), "comfyui_version.py"), encoding="utf-8") as handle:
+            return handle.read().split("__version__")[-1].split("=")[-1].strip().strip("\"'")
+    except OSError:
+        return "unknown version"
 
 
 def missing_reason() -> str | None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors import safe_open
 
 from tests.reference_data import kohya_modules, lora_shapes
@@ -36,6 +37,7 @@ def test_lora_targets_are_kohyas_192_modules_with_their_shapes(comfy, pack, tiny
         assert tensors[f"{name}.alpha"].dim() == 0 and float(tensors[f"{name}.alpha"]) == 4.0
 
 
+@pytest.mark.slow
 def test_training_full_sd15_saves_kohya_keys_without_a_second_weight_copy(comfy, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run([sys.executable, "-m", "tests.comfyui.full_sd15_run", str(tmp_path)],
