@@ -13,7 +13,8 @@ from comfy_api.latest import io
 from ..trainer.atomic_files import write_json_atomic
 from ..trainer.errors import ConfigError
 from ..trainer.latent_cache import LatentCache
-from ..trainer.loop import TrainCallbacks, TrainProgress, TrainResult, train_lora, training_precision
+from ..trainer.loop import (TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora,
+                           training_precision)
 from ..trainer.lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
 from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
 from ..trainer.metadata import training_metadata
@@ -46,12 +47,6 @@ def _run_name_taken(folder: str, name: str) -> bool:
     return any(entry.startswith(stem + "-") and entry.endswith(".safetensors") for entry in os.listdir(directory))
 
 
-def describe_precision(precision: str) -> str:
-    if precision == "fp16":
-        return "fp16 (the MODEL's weights are fp16; loss scaling on)"
-    return precision
-
-
 def check_latents_fit(latents: LatentCache, model) -> None:
     """SD1.x needs bucket sides divisible by 64 (3 downsamplings of 8x latents) and 4 latent channels."""
     odd = sorted(size for size in latents.buckets if size[0] % 64 or size[1] % 64)
@@ -63,10 +58,6 @@ def check_latents_fit(latents: LatentCache, model) -> None:
     if channels != {expected}:
         raise ConfigError(f"The cached latents have {sorted(channels)} channels but this MODEL takes {expected}: "
                           "encode the dataset with the VAE that belongs to this checkpoint.")
-
-
-def default_precision() -> str:
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
 
 
 @dataclass
@@ -124,11 +115,12 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     check_latents_fit(latents, model)
     plan = plan_run(latents, settings)
     clip_skip = clip_skip_of(clip)
-    precision = training_precision(settings, trainable.denoiser.compute_dtype)
+    denoiser = trainable.denoiser
+    precision = training_precision(settings.precision, denoiser.device, denoiser.compute_dtype)
     resume = resumable_state(resume_from) if resume_from.strip() else None
     run_name = checked_file_name(resume_from) if resume else unused_run_name(settings.output_name)
     session_id = new_session_id()
-    prediction_type = trainable.denoiser.prediction_type
+    prediction_type = denoiser.prediction_type
 
     def metadata_for(progress: TrainProgress) -> dict[str, str]:
         return training_metadata(run_name=run_name, session_id=session_id, cache=latents, network=network,
@@ -140,7 +132,8 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
                            latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps), plan.describe(),
-                           f"batch {settings.batch_size}, seed {settings.seed}, {describe_precision(precision)}"
+                           f"batch {settings.batch_size}, seed {settings.seed}, "
+                           f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = ProgressReporter(node_id, plan.total_steps)
 
@@ -213,8 +206,10 @@ class LoRATrain(io.ComfyNode):
                 # not named "seed": the frontend would attach randomize-after-generate and retrain every queue
                 io.Int.Input("train_seed", display_name="seed", default=42, min=0, max=2**32 - 1,
                              tooltip="Seed for LoRA init, noise, timesteps and batch order."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default=default_precision(),
-                               tooltip="bf16: base model math in bf16 autocast, LoRA weights in fp32."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="auto: bf16 where the GPU has it, else fp16 with loss scaling on a GPU, else "
+                                       "fp32 (CPU). bf16/fp16: base model math in autocast, LoRA weights in fp32. "
+                                       "The summary says what was used."),
                 io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
                              tooltip="Also save <name>-<epoch>.safetensors every N epochs; 0 = only at the end."),
                 io.String.Input("resume_from", default="", optional=True,

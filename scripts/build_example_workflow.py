@@ -2,7 +2,7 @@
 
 The graph is declared once here (nodes, widget values, wires) and written in the frontend's workflow
 format, so positions, ids and links stay consistent. Run: python scripts/build_example_workflow.py
-tests/comfyui/test_example_workflow.py checks the file against a live server's /object_info.
+tests/comfyui/test_workflow_server.py checks the file against a live server's /object_info.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ NODES = {
     5: ("LoRAOptimizer", None, (420, 720), (330, 230),
         ["AdamW", 0.0001, 0.01, 0.9, 0.999, "cosine", 0.1, 1.0], {}),
     6: ("LoRATrain", None, (800, 80), (360, 330),
-        ["my_lora", 10, 0, 1, 42, "bf16", 0, ""],
+        ["my_lora", 10, 0, 1, 42, "auto", 0, ""],
         {"model": (1, 0), "clip": (1, 1), "latents": (3, 0), "network": (4, 0), "optimizer": (5, 0)}),
     7: ("LoRASaveSafetensors", None, (1220, 80), (320, 110), ["", "fp16"], {"lora": (6, 2)}),
     8: ("PreviewImage", "Loss graph", (1220, 240), (320, 260), [], {"images": (6, 3)}),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .autograd_weights import replace_inference_tensors
-from .errors import TrainerError
+from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .network import LoRANetwork, NetworkConfig
@@ -99,11 +99,40 @@ def encode_captions(model: TrainableModel, captions: list[str]) -> dict[str, tor
     return encoded
 
 
-def training_precision(settings: TrainSettings, compute_dtype: torch.dtype) -> str:
-    """What the run really computes in: fp16 models train in fp16 with loss scaling, whatever was asked."""
-    if compute_dtype == torch.float16 and settings.precision != "bf16":
+def has_native_bf16(device: torch.device) -> bool:
+    """bf16 that is fast, not emulated: CUDA GPUs from Ampere on (and ROCm cards that report it).
+
+    CPUs and Apple GPUs can run bf16 autocast, but mostly slower than fp32, so `auto` does not pick it there.
+    """
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def training_precision(requested: str, device: torch.device, compute_dtype: torch.dtype) -> str:
+    """What the run really computes in, from the Train node's choice, the device and the MODEL's weights.
+
+    auto: bf16 where the device has it, else fp16 with loss scaling on CUDA, else fp32. A MODEL whose weights
+    are fp16 computes in fp16 (with loss scaling) unless bf16 was chosen.
+    """
+    if requested == "bf16" and device.type == "cuda" and not has_native_bf16(device):
+        raise ConfigError(f"This GPU ({torch.cuda.get_device_name(device)}) has no bf16. Set Train's precision "
+                          "to auto (fp16 with loss scaling here) or fp32.")
+    precision = requested
+    if requested == "auto":
+        precision = "bf16" if has_native_bf16(device) else "fp16" if device.type == "cuda" else "fp32"
+    if compute_dtype == torch.float16 and precision == "fp32":
         return "fp16"
-    return settings.precision
+    return precision
+
+
+def describe_precision(requested: str, chosen: str, compute_dtype: torch.dtype) -> str:
+    """The summary's words for the precision: what was chosen, and why when the user did not choose it."""
+    if chosen == "fp16" and compute_dtype == torch.float16 and requested != "fp16":
+        return "fp16 (the MODEL's weights are fp16; loss scaling on)"
+    if requested != "auto":
+        return chosen + (" with loss scaling" if chosen == "fp16" else "")
+    reason = {"bf16": "the GPU has bf16", "fp16": "loss scaling on; the GPU has no bf16",
+              "fp32": "no CUDA GPU"}[chosen]
+    return f"precision auto: {chosen} ({reason})"
 
 
 def train_lora(model: TrainableModel, cache: LatentCache, network_config: NetworkConfig,
@@ -126,7 +155,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, contexts,
-                        training_precision(settings, denoiser.compute_dtype), settings.seed)
+                        training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed)
     progress = TrainProgress()
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
     if resume is not None:
@@ -200,7 +229,7 @@ class TrainStep:
         self.precision = precision
         self.generator = torch.Generator().manual_seed(seed)
         self.device = denoiser.device
-        self.autocast_dtype = {"bf16": torch.bfloat16}.get(precision)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.parameters = network.trainable_parameters()
 

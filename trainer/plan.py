@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .latent_cache import CachedSample, LatentCache, batches_per_epoch
 
-PRECISIONS = ("fp32", "bf16")
+# auto: bf16 where the device has it natively, else fp16 with loss scaling on CUDA, else fp32 (see
+# loop.training_precision). fp16 and bf16 are autocast with fp32 LoRA weights.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class TrainSettings:
     max_steps: int = 0               # 0: no limit; otherwise the run stops after this many steps
     batch_size: int = 1
     seed: int = 42
-    precision: str = "fp32"          # fp32, or bf16 autocast with fp32 LoRA weights
+    precision: str = "auto"          # one of PRECISIONS; what it becomes on the device: loop.training_precision
     save_every_n_epochs: int = 0     # 0: only the final LoRA
 
     def validated(self) -> "TrainSettings":

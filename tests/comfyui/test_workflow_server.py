@@ -73,11 +73,15 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
     }
 
 
-def error_message(entry: dict) -> str:
+def execution_error(entry: dict) -> dict:
     for kind, data in entry["status"]["messages"]:
         if kind == "execution_error":
-            return data["exception_message"]
-    return ""
+            return data
+    return {}
+
+
+def error_message(entry: dict) -> str:
+    return execution_error(entry).get("exception_message", "")
 
 
 def test_object_info_lists_the_six_nodes(server):
@@ -156,8 +160,12 @@ def test_saved_file_loads_in_loraloader_and_matches_train_output(server):
 def test_bad_dataset_folder_stops_with_an_actionable_error(server):
     entry = server.wait(server.queue(training_graph("never", folder="empty_dataset")))
     assert entry["status"]["status_str"] == "error"
-    message = error_message(entry)
+    error = execution_error(entry)
+    message = error["exception_message"]
     assert "empty_dataset" in message and "Expected layout" in message and "10_sks dog" in message, message
+    # the error dialog's title: the short class name, not the pack's import path
+    assert error["exception_type"] == "DatasetError", error["exception_type"]
+    assert error["node_type"] == "LoRALoadDatasetFolder", error
 
 
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
@@ -189,10 +197,62 @@ def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     assert finished["losses"][:stopped["step"]] == stopped["losses"]
 
 
+TEMPLATE = os.path.join(harness.REPO_ROOT, "example_workflows", "train_sd15_lora.json")
+SEEDS = ("seed", "noise_seed")           # the frontend adds a control_after_generate value after these
+
+
+def widget_inputs(definition: dict, linked: set[str]) -> list[str]:
+    """The inputs a node shows as widgets, in the order of a saved workflow's widgets_values."""
+    specs = {**definition["input"]["required"], **definition["input"].get("optional", {})}
+    order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
+    return [name for name in order if name not in linked and (
+        isinstance(specs[name][0], list) or specs[name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))]
+
+
+def workflow_to_prompt(workflow: dict, info: dict) -> dict:
+    """A saved (UI) workflow as the API prompt the frontend queues for it."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] == "Note":
+            continue
+        inputs = {entry["name"]: [str(links[entry["link"]][1]), links[entry["link"]][2]]
+                  for entry in node["inputs"] if entry.get("link") is not None}
+        values = iter(node["widgets_values"])
+        for name in widget_inputs(info[node["type"]], set(inputs)):
+            inputs[name] = next(values)
+            if name in SEEDS:
+                next(values)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def test_template_trains_on_cpu_with_its_default_precision(server):
+    """The template as a user queues it, with tiny models and a tiny dataset swapped in: no bf16 error."""
+    with open(TEMPLATE, encoding="utf-8") as handle:
+        prompt = workflow_to_prompt(json.load(handle), server.get("/object_info"))
+    by_type = {node["class_type"]: node for node in prompt.values()}
+    by_type["LoRATrain"]["inputs"]["output_name"] = "template_lora"
+    assert by_type["LoRATrain"]["inputs"]["precision"] == "auto"      # the template's own default, unchanged
+    checkpoint = by_type.pop("CheckpointLoaderSimple")
+    checkpoint.update(class_type="TinySD15Loader", inputs={"seed": 1})
+    by_type["LoRALoadDatasetFolder"]["inputs"]["folder"] = "dogs"
+    by_type["LoRABucketCacheLatents"]["inputs"].update(resolution=64, min_bucket_reso=64, max_bucket_reso=128)
+    by_type["LoRATrain"]["inputs"]["epochs"] = 1
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    by_type["KSampler"]["inputs"]["steps"] = 2
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    train_id = next(key for key, node in prompt.items() if node["class_type"] == "LoRATrain")
+    summary = entry["outputs"][train_id]["text"][0]
+    assert "precision auto: fp32 (no CUDA GPU)" in summary, summary
+    assert os.path.isfile(os.path.join(server.base_dir, "models", "loras", "template_lora.safetensors"))
+
+
 def test_example_workflow_matches_the_servers_node_definitions(server):
     """Every node type exists, widget values line up with the widget inputs, and wires connect equal types."""
     info = server.get("/object_info")
-    with open(os.path.join(harness.REPO_ROOT, "example_workflows", "train_sd15_lora.json"), encoding="utf-8") as f:
+    with open(TEMPLATE, encoding="utf-8") as f:
         workflow = json.load(f)
     types = {node["type"] for node in workflow["nodes"]}
     assert {"LoRALoadDatasetFolder", "LoRABucketCacheLatents", "LoRAConfigure", "LoRAOptimizer", "LoRATrain",
@@ -203,15 +263,11 @@ def test_example_workflow_matches_the_servers_node_definitions(server):
             continue
         definition = info[node["type"]]
         required = {**definition["input"]["required"], **definition["input"].get("optional", {})}
-        order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
         linked = {entry["name"] for entry in node["inputs"]}
-        widget_inputs = [name for name in order
-                         if name not in linked and (isinstance(required[name][0], list)
-                                                    or required[name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN",
-                                                                             "COMBO"))]
-        expected = len(widget_inputs) + sum(1 for name in widget_inputs if name in ("seed", "noise_seed"))
-        assert len(node["widgets_values"]) == expected, (node["type"], widget_inputs, node["widgets_values"])
-        for name, value in zip([n for n in widget_inputs for _ in range(2 if n in ("seed", "noise_seed") else 1)],
+        widgets = widget_inputs(definition, linked)
+        expected = len(widgets) + sum(1 for name in widgets if name in SEEDS)
+        assert len(node["widgets_values"]) == expected, (node["type"], widgets, node["widgets_values"])
+        for name, value in zip([n for n in widgets for _ in range(2 if n in SEEDS else 1)],
                                node["widgets_values"]):
             spec = required[name]
             options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None

@@ -8,6 +8,7 @@ from trainer.buckets import BucketSettings
 from trainer.dataset import load_dataset_folder
 from trainer.latent_cache import cache_latents
 from trainer.loop import TrainCallbacks, train_lora
+from trainer.errors import ConfigError
 from trainer.network import NetworkConfig
 from trainer.optim import OptimizerConfig
 from trainer.plan import TrainSettings
@@ -127,7 +128,6 @@ def fresh_model():
 
 
 def test_cancelled_run_resumes_exactly(tmp_path, tiny_vae_encoder):
-    from trainer.errors import ConfigError
     from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
 
     cache = small_cache(tmp_path, tiny_vae_encoder)
@@ -156,3 +156,47 @@ def test_cancelled_run_resumes_exactly(tmp_path, tiny_vae_encoder):
 
     with pytest.raises(ConfigError, match="seed: was 9, now 10"):
         train_lora(fresh_model(), cache, *args, TrainSettings(epochs=3, batch_size=2, seed=10), resume=state)
+
+
+@pytest.mark.parametrize("requested, device, bf16, weights, expected", [
+    ("auto", "cpu", False, torch.float32, "fp32"),
+    ("auto", "cuda", True, torch.float32, "bf16"),
+    ("auto", "cuda", False, torch.float32, "fp16"),
+    ("auto", "cpu", False, torch.float16, "fp16"),       # fp16 weights compute in fp16 whatever auto says
+    ("auto", "cuda", True, torch.float16, "bf16"),
+    ("fp32", "cuda", True, torch.float32, "fp32"),
+    ("bf16", "cpu", False, torch.float32, "bf16"),       # asked for explicitly: CPU autocast runs bf16
+    ("fp16", "cuda", True, torch.float32, "fp16"),
+])
+def test_training_precision_auto_follows_the_device(monkeypatch, requested, device, bf16, weights, expected):
+    from trainer import loop
+
+    monkeypatch.setattr(loop.torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    assert loop.training_precision(requested, torch.device(device), weights) == expected
+
+
+def test_bf16_on_a_gpu_without_it_is_an_error_that_names_auto(monkeypatch):
+    from trainer import loop
+
+    monkeypatch.setattr(loop.torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(loop.torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ConfigError, match="Tesla T4.*auto"):
+        loop.training_precision("bf16", torch.device("cuda"), torch.float32)
+
+
+def test_default_precision_trains_on_cpu_in_fp32_and_says_so(tmp_path, tiny_vae_encoder, tiny_trainable):
+    from trainer.loop import describe_precision
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    result = train_lora(tiny_trainable, cache, NetworkConfig(rank=2), OptimizerConfig(), TrainSettings(epochs=1))
+    assert result.settings.precision == "auto" and result.precision == "fp32"
+    assert describe_precision("auto", "fp32", torch.float32) == "precision auto: fp32 (no CUDA GPU)"
+
+
+def test_trainer_errors_show_their_short_name():
+    """ComfyUI's error dialog prints module.qualname except for built-ins; ours must read 'DatasetError'."""
+    from trainer import errors
+
+    for error in (errors.TrainerError, errors.DatasetError, errors.ConfigError, errors.ModelError, errors.SaveError):
+        assert error.__module__ == "builtins"
+        assert issubclass(error, errors.TrainerError)
