@@ -2,7 +2,8 @@
 
     python scripts/run_tests.py [--all] [pytest arguments...]
 
-- Engine tier: `tests/engine` with the repository's `.venv` Python.
+- Engine tier: `tests/engine` with the repository's `.venv` Python, and again with `.venv-oldest` (the oldest
+  Python that requires-python claims) where scripts/setup.sh could make it.
 - ComfyUI tier: `tests/comfyui` once for every checkout in COMFYUI_PATH (several separated by ':'; unset:
   ~/ComfyUI, plus ~/ComfyUI-new when it exists), each in its own process with the Python that runs that
   checkout: the matching entry of COMFYUI_PYTHON (':'-separated, empty = default), else the checkout's own
@@ -27,6 +28,7 @@ sys.path.insert(0, REPO_ROOT)
 
 from tests.comfyui import harness  # noqa: E402  (stdlib only: no torch, no ComfyUI)
 REPO_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+OLDEST_PYTHON = os.path.join(REPO_ROOT, ".venv-oldest", "bin", "python")    # requires-python's floor
 SEPARATOR = ":"
 
 
@@ -70,6 +72,15 @@ def comfyui_version(checkout: str) -> str:
     return f"{version} ({commit})" if commit else version
 
 
+def claimed_python_floor() -> str:
+    """The version in pyproject.toml's `requires-python = ">=X.Y"`."""
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("requires-python"):
+                return line.split(">=")[1].split('"')[0]
+    return "unknown"
+
+
 def split_arguments(arguments: list[str]) -> tuple[list[str], list[str]]:
     """(test paths, other pytest arguments): a path is an argument whose first component is tests/."""
     paths, options = [], []
@@ -94,6 +105,12 @@ def plan_runs(requested_paths: list[str]) -> list[TierRun]:
     engine_paths = tier_paths(requested_paths, "tests/engine")
     if engine_paths:
         runs.append(TierRun("engine tier", REPO_PYTHON, engine_paths))
+        oldest = TierRun(f"engine tier on the oldest claimed Python ({claimed_python_floor()})", OLDEST_PYTHON,
+                         engine_paths)
+        if not os.path.isfile(OLDEST_PYTHON):
+            oldest.skip_reason = (f"no .venv-oldest; `bash scripts/setup.sh` makes one where Python "
+                                  f"{claimed_python_floor()} is installed (or set OLDEST_PYTHON)")
+        runs.append(oldest)
     comfy_paths = tier_paths(requested_paths, "tests/comfyui")
     if comfy_paths:
         for index, checkout in enumerate(comfyui_checkouts()):

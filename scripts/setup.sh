@@ -19,11 +19,28 @@ make_venv() {
   [ -x "$folder/bin/python" ] || "$PYTHON" -m venv "$folder"
   printf '%s\n' $pins > "$folder/torch-constraints.txt"
   "$folder/bin/python" -m pip install --quiet --upgrade pip
-  "$folder/bin/python" -m pip install --quiet -c "$folder/torch-constraints.txt" $pins -r tests/requirements.txt
+  "$folder/bin/python" -m pip install --quiet -c "$folder/torch-constraints.txt" $pins ".[test]"
 }
 
 make_venv .venv "$TORCH_PIN"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)'))"
+
+# the oldest Python that pyproject.toml's requires-python claims: the engine tier runs on it too
+OLDEST=$(sed -n 's/^requires-python = ">=\([0-9.]*\)".*/\1/p' pyproject.toml)
+found_oldest=""
+for candidate in "${OLDEST_PYTHON:-}" "python$OLDEST" "$HOME"/.pyenv/versions/"$OLDEST".*/bin/python; do
+  # a pyenv shim exists even where it cannot run that version: ask the interpreter itself
+  if [ -n "$candidate" ] && "$candidate" -c "import sys; sys.exit(sys.version.startswith('$OLDEST.') is False)" 2>/dev/null; then
+    found_oldest=$candidate
+    break
+  fi
+done
+if [ -n "$found_oldest" ]; then
+  PYTHON=$found_oldest make_venv .venv-oldest "$TORCH_PIN"
+  echo "setup: .venv-oldest ready ($(.venv-oldest/bin/python -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)'))"
+else
+  echo "setup: no Python $OLDEST found (set OLDEST_PYTHON); the engine tier will not run on the oldest claimed Python"
+fi
 
 checkouts=()
 if [ -n "${COMFYUI_PATH:-}" ]; then

@@ -1,15 +1,36 @@
-"""Packaging rules from DESIGN.md that a wrong edit would silently break."""
+"""Packaging rules (docs/architecture.md) that a wrong edit would silently break."""
 
+import ast
 import os
 import re
-import tomllib
+import sys
+
+try:
+    import tomllib
+except ModuleNotFoundError:          # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
 
 from tests.reference_data import REPO_ROOT
 
+# import name -> distribution name, where they differ
+DISTRIBUTION_OF = {"PIL": "pillow", "tomli": "tomli"}
+# imported by the tests but not from the [test] extra: the pack itself, ComfyUI (a checkout), and tools of
+# slow tests that skip, saying why, where they are missing
+NOT_FROM_A_REGISTRY = {"tests", "trainer", "nodes", "comfyui_lora_trainer", "lora_trainer_test_tiny_models",
+                       "comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "execution", "playwright"}
+
+
+def pyproject() -> dict:
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as handle:
+        return tomllib.load(handle)
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0].strip().lower()
+
 
 def test_pyproject_has_lower_bounds_only_and_a_comfyui_requirement():
-    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as handle:
-        project = tomllib.load(handle)
+    project = pyproject()
     for requirement in project["project"]["dependencies"]:
         assert "==" not in requirement and "<" not in requirement, requirement
     assert project["tool"]["comfy"]["requires-comfyui"].startswith(">=0.3.64")
@@ -35,3 +56,27 @@ def test_imports_inside_the_pack_are_relative_and_the_engine_never_imports_comfy
             assert not own.search(text), f"{path}: absolute import of the pack's own package"
             if folder == "trainer":
                 assert not comfy.search(text), f"{path}: the engine imports ComfyUI"
+
+
+def imported_top_level_modules(folder: str) -> set[str]:
+    names = set()
+    for path in python_files(folder):
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_test_extra_installs_everything_the_tests_import():
+    """`pip install .[test]` (what scripts/setup.sh runs) must bring every package a test imports."""
+    project = pyproject()["project"]
+    declared = {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    standard = set(sys.stdlib_module_names) | {"tomllib"}      # tomllib: standard from 3.11, tomli before
+    imported = imported_top_level_modules("tests") - standard - NOT_FROM_A_REGISTRY
+    missing = {DISTRIBUTION_OF.get(name, name).lower() for name in imported} - declared
+    assert not missing, f"tests import {sorted(missing)}, which the [test] extra does not install"
+    assert "peft" in declared, "diffusers loads LoRA files only with peft installed"
