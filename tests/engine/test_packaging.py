@@ -80,3 +80,15 @@ def test_the_test_extra_installs_everything_the_tests_import():
     missing = {DISTRIBUTION_OF.get(name, name).lower() for name in imported} - declared
     assert not missing, f"tests import {sorted(missing)}, which the [test] extra does not install"
     assert "peft" in declared, "diffusers loads LoRA files only with peft installed"
+
+
+def test_the_readme_claims_what_pyproject_declares():
+    project = pyproject()
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    floor = project["project"]["requires-python"].removeprefix(">=")
+    assert f"Python** {floor} or newer" in readme
+    assert f"git clone {project['project']['urls']['Repository']}" in readme
+    comfy_floor = project["tool"]["comfy"]["requires-comfyui"].removeprefix(">=")
+    assert f"**ComfyUI** {comfy_floor} or newer" in readme and f"**v{comfy_floor}**" in readme
+    assert f"comfy node install {project['project']['name']}" in readme
