@@ -60,6 +60,10 @@ for checkout in "${checkouts[@]}"; do
   grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ;]|$)' "$checkout/requirements.txt" > "$checkout/.venv/comfyui-requirements.txt"
   "$checkout/.venv/bin/python" -m pip install --quiet -c "$checkout/.venv/torch-constraints.txt" \
     -r "$checkout/.venv/comfyui-requirements.txt"
+  # the frontend check (a slow test) drives Debian's chromium with playwright, where chromium is installed
+  if command -v chromium > /dev/null; then
+    "$checkout/.venv/bin/python" -m pip install --quiet -c "$checkout/.venv/torch-constraints.txt" playwright
+  fi
   echo "setup: $checkout/.venv ready for ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$checkout/comfyui_version.py" 2>/dev/null) ($("$checkout/.venv/bin/python" -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)'))"
 done
 echo "setup: done"
