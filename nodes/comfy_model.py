@@ -17,7 +17,11 @@ COMFY_TRANSFORMER_CLASSES = ("SpatialTransformer",)
 
 
 class ComfyDenoiser:
-    """Calls ComfyUI's diffusion_model the way kohya calls its UNet (see comfyui-integration.md B3)."""
+    """Calls ComfyUI's diffusion_model the way kohya calls its UNet (see docs/architecture.md).
+
+    It gets kohya's noisy latents sqrt(a)*x0 + sqrt(1-a)*eps (what ComfyUI's calculate_input makes of
+    its own x_t), the integer timesteps as floats and the text context, and returns the raw eps / v output.
+    """
 
     def __init__(self, patcher):
         base = patcher.model
@@ -113,11 +117,32 @@ def sd1_lora_targets(unet, unet_config: dict) -> dict:
     return transformer_targets(unet, COMFY_TRANSFORMER_CLASSES, rename)
 
 
+def training_patcher(patcher):
+    """The ModelPatcher to train on: the MODEL's own, or, under dynamic VRAM, a regular one.
+
+    ComfyUI 0.4 and newer load models on NVIDIA GPUs as ModelPatcherDynamic ("dynamic VRAM", on unless
+    ComfyUI starts with --disable-dynamic-vram): each layer's weight is copied into a reusable VRAM slot for
+    its forward pass only. Backpropagating to the LoRA needs those weights again, and by then the slot may
+    hold another layer or be freed. So training runs on the non-dynamic delegate, the regular copy ComfyUI
+    itself builds from the checkpoint for hooked sampling, and keeps while the MODEL lives. (ComfyUI 0.3.x
+    has no dynamic patcher.)
+    """
+    if not getattr(patcher, "is_dynamic", lambda: False)():
+        return patcher
+    try:
+        return patcher.get_non_dynamic_delegate()
+    except RuntimeError:
+        raise ModelError("This MODEL is loaded with ComfyUI's dynamic VRAM, and the node that loaded it cannot "
+                         "give Train a regular copy of the weights. Load the checkpoint with a core loader (Load "
+                         "Checkpoint, Load Diffusion Model), or start ComfyUI with --disable-dynamic-vram.") from None
+
+
 def trainable_from_comfy(patcher, clip) -> TrainableModel:
     import comfy.model_management
 
-    base = patcher.model
     family = model_family(patcher)
+    patcher = training_patcher(patcher)
+    base = patcher.model
     targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config)
 
     def load_unet() -> None:

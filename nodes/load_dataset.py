@@ -51,6 +51,9 @@ class LoRALoadDatasetFolder(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, caption_extension):
+        if not isinstance(folder, str) or not isinstance(caption_extension, str):
+            # a linked input arrives here as None, before its node ran: always re-read the folder
+            return float("nan")
         return folder_signature(resolve_dataset_folder(folder)) + caption_extension
 
     @classmethod

@@ -52,7 +52,8 @@ app.registerExtension({
   name: "comfyui-lora-trainer.live-loss",
   setup() {
     api.addEventListener("lora_trainer.progress", ({ detail }) => {
-      const key = String(detail.node);
+      // a node inside a subgraph runs as "<subgraph node>:<its id>"; the canvas node knows only the last part
+      const key = String(detail.node).split(":").pop();
       if (detail.step === 1) lossesByNode.set(key, []);
       const losses = lossesByNode.get(key) ?? [];
       losses.push(detail.loss);

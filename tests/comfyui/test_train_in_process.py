@@ -91,3 +91,43 @@ def test_models_other_than_sd1_epsilon_are_refused_clearly(comfy, pack, tiny):
     v_model.add_object_patch("model_sampling", VPrediction(sd15.model.model_config))
     with pytest.raises(ModelError, match="v-prediction"):
         model_family(v_model)
+
+
+def test_a_dynamic_vram_model_trains_on_its_regular_delegate(trained, comfy_folders, tiny):
+    """ComfyUI 0.4+ on NVIDIA GPUs hands out ModelPatcherDynamic, whose weights live in reusable VRAM slots
+    (CPUs get a plain ModelPatcher, so the dynamic patcher is stood in for here): Train must run the forward
+    and backward passes on the non-dynamic delegate, and still hand back the MODEL it got, with the LoRA."""
+    model, clip, latents = trained
+    with torch.inference_mode():
+        delegate = tiny.sd15_model(seed=11)                  # what the loader's factory rebuilds: same weights
+    calls = {"dynamic": 0, "delegate": 0}
+    model.model.diffusion_model.register_forward_pre_hook(lambda *_: calls.__setitem__("dynamic", calls["dynamic"] + 1))
+    delegate.model.diffusion_model.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("delegate", calls["delegate"] + 1))
+    model.is_dynamic = lambda: True
+    model.get_non_dynamic_delegate = lambda: delegate
+    out = run(model, clip, latents, epochs=1)
+    assert calls == {"dynamic": 0, "delegate": out.result.progress.step} and calls["delegate"] > 0
+    assert len(out.model.patches) == 84 and not model.patches      # patches go on a clone of the MODEL given
+
+
+def test_a_dynamic_vram_model_without_a_delegate_is_refused_with_the_way_out(trained, comfy_folders):
+    from comfyui_lora_trainer.trainer.errors import ModelError
+
+    model, clip, latents = trained
+
+    def no_factory():
+        raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+
+    model.is_dynamic, model.get_non_dynamic_delegate = (lambda: True), no_factory
+    with pytest.raises(ModelError, match="--disable-dynamic-vram"):
+        run(model, clip, latents, epochs=1)
+
+
+def test_a_linked_dataset_folder_input_always_rereads_the_folder(pack):
+    import math
+
+    from comfyui_lora_trainer.nodes.load_dataset import LoRALoadDatasetFolder
+
+    # the executor fingerprints before upstream nodes ran, so a linked input is None here
+    assert math.isnan(LoRALoadDatasetFolder.fingerprint_inputs(None, ".txt"))
