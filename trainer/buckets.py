@@ -1,7 +1,7 @@
 """Aspect-ratio buckets, as kohya's sd-scripts makes and assigns them.
 
 Formulas follow kohya's `make_bucket_resolutions`, `BucketManager.select_bucket` and
-`trim_and_resize_if_required` (see docs/kohya-compat.md section 2); the numbers are checked against
+`trim_and_resize_if_required` (see docs/kohya-behaviour.md, Buckets); the numbers are checked against
 kohya's own output in tests (reference/buckets.json).
 """
 

@@ -111,7 +111,8 @@ def training_precision(requested: str, device: torch.device, compute_dtype: torc
     """What the run really computes in, from the Train node's choice, the device and the MODEL's weights.
 
     auto: bf16 where the device has it, else fp16 with loss scaling on CUDA, else fp32. A MODEL whose weights
-    are fp16 computes in fp16 (with loss scaling) unless bf16 was chosen.
+    are fp16 never computes in fp32: where the choice (by hand or auto's) is fp32, it computes in fp16 with
+    loss scaling.
     """
     if requested == "bf16" and device.type == "cuda" and not has_native_bf16(device):
         raise ConfigError(f"This GPU ({torch.cuda.get_device_name(device)}) has no bf16. Set Train's precision "

@@ -1,4 +1,4 @@
-"""Tiny real ComfyUI MODEL / CLIP / VAE objects with random weights (recipe: comfyui-integration.md E3).
+"""Tiny real ComfyUI MODEL / CLIP / VAE objects with random weights (recipe: docs/testing.md).
 
 Genuine ComfyUI classes (ModelPatcher -> BaseModel -> UNetModel, comfy.sd.CLIP with the real SD1
 tokenizer, comfy.sd.VAE around AutoencoderKL), only small. Also the full-size SD1.5 UNet config.
