@@ -5,11 +5,15 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..trainer.buckets import BucketSettings
+from ..trainer.dataset.buckets import BucketSettings
+from ..trainer.dataset.images import RESIZE_INTERPOLATIONS
 from ..trainer.latent_cache import cache_latents
 from .comfy_host import ProgressReporter
 from .comfy_model import ComfyVAEEncoder
 from .wire_types import CATEGORY, LoraDataset, LoraLatents
+
+
+TRANSPARENCY = ("on white", "raw colour (kohya)")
 
 
 class LoRABucketCacheLatents(io.ComfyNode):
@@ -36,6 +40,12 @@ class LoRABucketCacheLatents(io.ComfyNode):
                              tooltip="Images encoded per VAE call; higher is faster and needs more memory."),
                 io.Combo.Input("cache", options=["memory"], default="memory",
                                tooltip="Where latents are kept between runs."),
+                io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto",
+                               tooltip="kohya's resize_interpolation. auto: area average to shrink (OpenCV's "
+                                       "INTER_AREA, exactly), LANCZOS to enlarge; any other name is used both ways."),
+                io.Combo.Input("transparency", options=list(TRANSPARENCY), default=TRANSPARENCY[0],
+                               tooltip="Transparent pixels: composited on white, or the raw colour stored under "
+                                       "them, as kohya trains."),
             ],
             outputs=[LoraLatents.Output(display_name="latents")],
             hidden=[io.Hidden.unique_id],
@@ -43,12 +53,15 @@ class LoRABucketCacheLatents(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, vae, resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps,
-                bucket_no_upscale, vae_batch_size, cache) -> io.NodeOutput:
+                bucket_no_upscale, vae_batch_size, cache, resize_interpolation="auto",
+                transparency=TRANSPARENCY[0]) -> io.NodeOutput:
         settings = BucketSettings((resolution, resolution), min_bucket_reso, max_bucket_reso, bucket_reso_steps,
                                   bucket_no_upscale)
         reporter = ProgressReporter(cls.hidden.unique_id, max(1, dataset.num_images))
         # ComfyUI runs nodes under inference_mode; cached latents must be ordinary tensors for training
         with torch.inference_mode(False), torch.no_grad():
             latents = cache_latents(dataset, ComfyVAEEncoder(vae), settings, vae_batch_size,
-                                    progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"))
+                                    progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
+                                    interpolation=resize_interpolation,
+                                    transparent_on_white=transparency == TRANSPARENCY[0])
         return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

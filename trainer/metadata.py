@@ -21,10 +21,11 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
                       precision: str, clip_skip: int | None = None) -> dict[str, str]:
     """Metadata as of now: interrupted and intermediate saves carry their own step, epoch and time."""
     resolution = cache.settings.resolution
-    dataset_dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.images)}
-                    for s in cache.dataset.subsets if not s.is_reg}
-    reg_dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.images)}
-                for s in cache.dataset.subsets if s.is_reg}
+    cached = cache.images_per_subset()         # images that were cached, after any skipped files
+    dataset_dirs = {s.name: {"n_repeats": s.repeats, "img_count": cached[s.name]}
+                    for s in cache.dataset.subsets if not s.is_reg and cached[s.name]}
+    reg_dirs = {s.name: {"n_repeats": s.repeats, "img_count": cached[s.name]}
+                for s in cache.dataset.subsets if s.is_reg and cached[s.name]}
     values = {
         "ss_session_id": session_id,
         "ss_training_started_at": progress.started_at,
@@ -33,7 +34,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_learning_rate": optimizer.learning_rate,
         "ss_text_encoder_lr": None,
         "ss_unet_lr": optimizer.learning_rate,
-        "ss_num_train_images": cache.dataset.num_train_images,
+        "ss_num_train_images": cache.num_train_images,
         "ss_num_validation_images": 0,
         "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": plan.batches_per_epoch,

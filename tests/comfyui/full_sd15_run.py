@@ -52,7 +52,7 @@ def main(work: str) -> None:
 
     from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
     from comfyui_lora_trainer.nodes.train import run_training
-    from comfyui_lora_trainer.trainer.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.dataset.buckets import BucketSettings
     from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
     from comfyui_lora_trainer.trainer.latent_cache import cache_latents
     from comfyui_lora_trainer.trainer.lora_file import save_lora

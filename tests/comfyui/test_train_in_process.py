@@ -13,7 +13,7 @@ from tests.helpers import make_kohya_folder
 @pytest.fixture
 def trained(comfy, pack, tiny, comfy_folders):
     from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
-    from comfyui_lora_trainer.trainer.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.dataset.buckets import BucketSettings
     from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
     from comfyui_lora_trainer.trainer.latent_cache import cache_latents
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from safetensors import safe_open
 
-from tests.helpers import make_kohya_folder
+from tests.helpers import make_kohya_folder, make_messy_folder
 
 from . import harness
 from .server import ComfyServer
@@ -35,6 +35,7 @@ def server(tmp_path_factory):
     make_kohya_folder(str(base / "input" / "dogs"), {"3_sks dog": [(64, 64), (96, 64), (64, 64)]},
                       {"3_sks dog/0": "a photo of sks dog, (grass)"})
     os.makedirs(base / "input" / "empty_dataset")
+    make_messy_folder(str(base / "input" / "messy"))
     running = ComfyServer(str(base)).start()
     yield running
     running.stop()
@@ -48,7 +49,8 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
         "3": {"class_type": "LoRABucketCacheLatents",
               "inputs": {"dataset": ["2", 0], "vae": ["1", 2], "resolution": 64, "min_bucket_reso": 64,
                          "max_bucket_reso": 128, "bucket_reso_steps": 64, "bucket_no_upscale": False,
-                         "vae_batch_size": 2, "cache": "memory"}},
+                         "vae_batch_size": 2, "cache": "memory", "resize_interpolation": "auto",
+                         "transparency": "on white"}},
         "4": {"class_type": "LoRAConfigure", "inputs": {"algorithm": "LoRA", "rank": 4, "alpha": 2.0}},
         "5": {"class_type": "LoRAOptimizer",
               "inputs": {"optimizer_type": "AdamW", "learning_rate": 1e-3, "weight_decay": 0.01, "beta1": 0.9,
@@ -166,6 +168,21 @@ def test_bad_dataset_folder_stops_with_an_actionable_error(server):
     # the error dialog's title: the short class name, not the pack's import path
     assert error["exception_type"] == "DatasetError", error["exception_type"]
     assert error["node_type"] == "LoRALoadDatasetFolder", error
+
+
+def test_a_messy_folder_trains_on_exactly_its_good_images_and_shows_each_skip(server):
+    entry = server.wait(server.queue(training_graph("messy_lora", folder="messy", epochs=1)))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    with safe_open(os.path.join(server.base_dir, "models", "loras", "messy_lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_num_train_images"] == str(11 * 4 + 1 * 2)          # good images x repeats
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"4_sks dog": {"n_repeats": 4, "img_count": 11},
+                                                      "2_café chien": {"n_repeats": 2, "img_count": 1}}
+    dataset_text, cache_text = entry["outputs"]["2"]["text"][0], entry["outputs"]["3"]["text"][0]
+    for name in ("zero.png", "fake.jpg", "broken link.png", "nested", "0_zero repeats", "3_only bad"):
+        assert name in dataset_text, dataset_text
+    assert "latin.txt is not UTF-8" in dataset_text and "1 empty caption file(s)" in dataset_text
+    assert "truncated.png" in cache_text and "truncated or corrupt" in cache_text, cache_text
 
 
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):

@@ -2,7 +2,8 @@ import pytest
 from PIL import Image
 
 from tests.reference_data import bucket_cases
-from trainer.buckets import BucketChoice, BucketSettings, make_bucket_resolutions, resize_and_crop, select_bucket
+from trainer.dataset.buckets import BucketChoice, BucketSettings, make_bucket_resolutions, select_bucket
+from trainer.dataset.images import resize_and_crop
 from trainer.errors import ConfigError
 
 CASES = bucket_cases()
@@ -63,6 +64,6 @@ def test_image_too_small_for_no_upscale_is_named(tmp_path):
     from trainer.latent_cache import cache_latents
 
     root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(40, 600)]})
-    with pytest.raises(DatasetError, match="0.png is 40x600"):
+    with pytest.raises(DatasetError, match="0.png: 40x600 is smaller than one bucket step"):
         cache_latents(load_dataset_folder(root), encoder=None,
                       settings=BucketSettings((512, 512), 256, 1024, 64, no_upscale=True))

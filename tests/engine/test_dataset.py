@@ -61,15 +61,61 @@ def test_subfolder_without_images(tmp_path):
     root = tmp_path / "set"
     (root / "5_cats").mkdir(parents=True)
     (root / "5_cats" / "cat.txt").write_text("a cat")
-    assert_layout_error(root, "has no images", named=root / "5_cats")
+    assert_layout_error(root, "no usable images", named=root / "5_cats")
 
 
-def test_missing_folder_and_bad_captions(tmp_path):
+def test_missing_folder(tmp_path):
     assert_layout_error(tmp_path / "nowhere", "does not exist")
-    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(8, 8)]})
-    (tmp_path / "set" / "1_x" / "0.txt").write_text("")
-    with pytest.raises(DatasetError, match="is empty"):
-        load_dataset_folder(root)
-    (tmp_path / "set" / "1_x" / "0.txt").write_bytes(b"\xff\xfe\xfa bad")
-    with pytest.raises(DatasetError, match="not UTF-8"):
-        load_dataset_folder(root)
+
+
+def messy_dataset(tmp_path):
+    from tests.helpers import make_messy_folder
+
+    expected = make_messy_folder(str(tmp_path / "messy"))
+    return load_dataset_folder(str(tmp_path / "messy")), expected
+
+
+def test_a_real_world_folder_keeps_every_good_image_and_names_every_skip(tmp_path):
+    dataset, expected = messy_dataset(tmp_path)
+    names = sorted(os.path.basename(e.path) for s in dataset.subsets for e in s.images)
+    assert names == sorted(expected["good"])
+    skipped = {os.path.basename(item.path): item.reason for item in dataset.skipped}
+    assert set(skipped) == set(expected["skipped_at_scan"])
+    assert skipped["zero.png"] == "empty file (0 bytes)"
+    assert "not an image" in skipped["fake.jpg"] and "gone" in skipped["broken link.png"]
+    assert "sub-folders" in skipped["nested"] and "1 or more" in skipped["0_zero repeats"]
+    assert "no usable images" in skipped["3_only bad"]
+    assert dataset.skipped_folders == ("notes",)
+    text = dataset.describe()
+    for name in expected["skipped_at_scan"]:
+        assert name in text, text
+    assert "ignored folder (no N_ repeat prefix, e.g. '10_notes')" in text
+
+
+def test_captions_tolerate_bom_crlf_legacy_encodings_and_empty_files(tmp_path):
+    dataset, _ = messy_dataset(tmp_path)
+    dog = next(s for s in dataset.subsets if s.class_tokens == "sks dog")
+    captions = {os.path.basename(e.path): e.caption for e in dog.images}
+    assert captions["a.png"] == "a photo of sks dog"                 # BOM stripped, first line, CRLF
+    assert captions["latin.png"] == "sks dog in a caf\u00e9"          # read as cp1252, with a warning
+    assert captions["empty caption.png"] == "" and dog.empty_captions == 1
+    assert captions["gray.png"] == "sks dog"                         # no caption file: the class tokens
+    assert [w for w in dataset.warnings if "latin.txt is not UTF-8; read it as cp1252" in w]
+    text = dataset.describe()
+    assert "1 empty caption file(s)" in text and "captioned 'sks dog' (no caption file)" in text
+    assert "2_café chien" in text
+
+
+def test_image_sizes_come_from_headers_with_exif_rotation(tmp_path):
+    dataset, _ = messy_dataset(tmp_path)
+    sizes = {os.path.basename(e.path): e.size for s in dataset.subsets for e in s.images}
+    assert sizes["rotated.jpg"] == (64, 96) and sizes["B.JPG"] == (64, 96) and sizes["a.png"] == (64, 64)
+
+
+def test_a_folder_with_nothing_trainable_lists_why(tmp_path):
+    root = tmp_path / "set"
+    (root / "5_cats").mkdir(parents=True)
+    (root / "5_cats" / "broken.png").write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        load_dataset_folder(str(root))
+    assert "nothing to train on" in str(info.value) and "broken.png: empty file (0 bytes)" in str(info.value)

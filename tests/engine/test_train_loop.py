@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.helpers import make_kohya_folder
-from trainer.buckets import BucketSettings
+from trainer.dataset.buckets import BucketSettings
 from trainer.dataset import load_dataset_folder
 from trainer.latent_cache import cache_latents
 from trainer.loop import TrainCallbacks, train_lora

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets, as kohya's sd-scripts makes and assigns them.
+"""Aspect-ratio buckets, as kohya's sd-scripts makes and assigns them (the resize itself: images.py).
 
 Formulas follow kohya's `make_bucket_resolutions`, `BucketManager.select_bucket` and
 `trim_and_resize_if_required` (see docs/kohya-behaviour.md, Buckets); the numbers are checked against
@@ -11,9 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from PIL import Image
-
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Size = tuple[int, int]  # (width, height), as kohya writes bucket resolutions
 
@@ -117,20 +115,3 @@ def select_bucket(settings: BucketSettings, width: int, height: int) -> BucketCh
         bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
     ar_error = bucket[0] / bucket[1] - aspect if bucket[1] else math.inf
     return BucketChoice(bucket, resized, ar_error)
-
-
-def resize_and_crop(image: Image.Image, choice: BucketChoice) -> Image.Image:
-    """Resize to cover the bucket, then centre-crop the excess (kohya's trim_and_resize_if_required).
-
-    kohya uses cv2 INTER_AREA to shrink and PIL LANCZOS to enlarge; PIL's BOX filter is the same
-    area average, which keeps OpenCV out of ComfyUI's environment.
-    """
-    if image.size != choice.resized:
-        shrinking = choice.resized[0] * choice.resized[1] < image.size[0] * image.size[1]
-        image = image.resize(choice.resized, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
-    bucket_w, bucket_h = choice.bucket
-    left = (image.size[0] - bucket_w) // 2
-    top = (image.size[1] - bucket_h) // 2
-    if left or top or image.size != choice.bucket:
-        image = image.crop((left, top, left + bucket_w, top + bucket_h))
-    return image

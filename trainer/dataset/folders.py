@@ -1,0 +1,260 @@
+"""Reading a dataset folder in kohya's DreamBooth layout, and saying exactly what was found.
+
+    my_dataset/            <- the folder you name
+      10_sks dog/          <- N_name: N repeats per epoch, "sks dog" is the caption when an image has none
+        001.png
+        001.txt            <- caption: first line of <stem> + caption extension
+      5_style/
+        ...
+
+Only direct sub-folders whose name starts with an integer and `_` are read (kohya's
+`generate_dreambooth_subsets_config_by_subdirs`); images are not searched recursively. Scanning reads
+image headers only. One bad file never stops the run: it is skipped and reported (`Dataset.skipped`);
+only a folder with nothing trainable left is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from ..errors import DatasetError
+from .buckets import Size
+from .captions import find_caption
+from .images import UnreadableImage, read_header
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SHOWN_SKIPS = 20          # the node lists this many skipped files, then a count
+
+EXPECTED_LAYOUT = (
+    "Expected layout (kohya):\n"
+    "  <dataset folder>/\n"
+    "    10_sks dog/          <- 10 = repeats per epoch, 'sks dog' = caption for images without one\n"
+    "      image1.png\n"
+    "      image1.txt         <- optional caption file\n"
+    "    5_another concept/\n"
+    "      ..."
+)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    path: str
+    caption: str
+    caption_from_file: bool
+    size: Size = (0, 0)            # (width, height) from the header, after EXIF rotation
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or folder left out of training, and why."""
+
+    path: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One `N_name` folder."""
+
+    folder: str
+    repeats: int
+    class_tokens: str
+    images: tuple[ImageEntry, ...]
+    is_reg: bool = False
+    empty_captions: int = 0
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.folder)
+
+    @property
+    def captions_from_files(self) -> int:
+        return sum(1 for image in self.images if image.caption_from_file)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: str
+    caption_extension: str
+    subsets: tuple[Subset, ...]
+    skipped_folders: tuple[str, ...] = field(default=())       # sub-folders without an N_ prefix
+    skipped: tuple[Skipped, ...] = field(default=())           # files and folders left out, with the reason
+    warnings: tuple[str, ...] = field(default=())              # used, but worth a look (legacy-encoded captions)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(s.images) for s in self.subsets)
+
+    @property
+    def num_train_images(self) -> int:
+        """kohya's num_train_images: images times repeats over the training subsets."""
+        return sum(len(s.images) * s.repeats for s in self.subsets if not s.is_reg)
+
+    def describe(self) -> str:
+        lines = [f"{self.root}: {len(self.subsets)} folder(s), {self.num_images} image(s), "
+                 f"{self.num_train_images} with repeats"]
+        for subset in self.subsets:
+            missing = len(subset.images) - subset.captions_from_files
+            line = (f"  {subset.name}: {len(subset.images)} image(s) x {subset.repeats} repeats, "
+                    f"{subset.captions_from_files} {self.caption_extension} caption(s)")
+            if missing:
+                line += f", {missing} captioned '{subset.class_tokens}' (no caption file)"
+            if subset.empty_captions:
+                line += f", {subset.empty_captions} empty caption file(s)"
+            lines.append(line)
+        for name in self.skipped_folders:
+            lines.append(f"  ignored folder (no N_ repeat prefix, e.g. '10_{name}'): {name}")
+        lines.extend(describe_skips(self.skipped))
+        lines.extend(f"  warning: {warning}" for warning in self.warnings)
+        return "\n".join(lines)
+
+
+def describe_skips(skipped: tuple[Skipped, ...] | list[Skipped]) -> list[str]:
+    if not skipped:
+        return []
+    lines = [f"  skipped {len(skipped)}:"]
+    lines.extend(f"    {item.describe()}" for item in skipped[:SHOWN_SKIPS])
+    if len(skipped) > SHOWN_SKIPS:
+        lines.append(f"    ... and {len(skipped) - SHOWN_SKIPS} more (all in the log)")
+    return lines
+
+
+def parse_repeat_folder_name(name: str) -> tuple[int, str] | None:
+    """'10_sks dog' -> (10, 'sks dog'); None when the name does not start with an integer."""
+    head, sep, rest = name.partition("_")
+    try:
+        repeats = int(head)
+    except ValueError:
+        return None
+    return repeats, rest if sep else ""
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_images(folder: str, skipped: list[Skipped] | None = None) -> list[str]:
+    """Image files directly in `folder`, any extension case, sorted (kohya's glob_images).
+
+    Hidden files are ignored; sub-folders are not searched (as kohya) and, with `skipped`, reported.
+    """
+    found = []
+    for entry in os.scandir(folder):
+        if is_hidden(entry.name):
+            continue
+        if entry.is_dir():
+            if skipped is not None:
+                skipped.append(Skipped(entry.path, "a folder inside a repeat folder; kohya does not search "
+                                                   "sub-folders, so move its images up or into their own N_name"))
+            continue
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            found.append(entry.path)
+    return sorted(found)
+
+
+def scan_image(path: str) -> tuple[int, int] | Skipped:
+    """The image's trained size from its header, or why it cannot be used."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return Skipped(path, f"a link to {os.readlink(path)}, which is gone")
+    try:
+        if os.path.getsize(path) == 0:
+            return Skipped(path, "empty file (0 bytes)")
+    except OSError as exc:
+        return Skipped(path, f"cannot be read ({exc.strerror or exc})")
+    try:
+        return read_header(path).size
+    except UnreadableImage as exc:
+        return Skipped(path, exc.reason)
+
+
+def normalized_extension(caption_extension: str) -> str:
+    extension = caption_extension.strip() or ".txt"
+    return extension if extension.startswith(".") else "." + extension
+
+
+def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: str, skipped: list[Skipped],
+                warnings: list[str], is_reg: bool = False) -> Subset | None:
+    """One N_name folder; None (with the reason in `skipped`) when nothing in it can be trained."""
+    entries, empty = [], 0
+    for image_path in list_images(path, skipped):
+        scanned = scan_image(image_path)
+        if isinstance(scanned, Skipped):
+            skipped.append(scanned)
+            continue
+        try:
+            caption_file = find_caption(image_path, caption_extension)
+        except OSError as exc:
+            warnings.append(f"caption of {image_path} cannot be read ({exc.strerror or exc}); captioned "
+                            f"'{class_tokens}' instead")
+            caption_file = None
+        if caption_file is None:
+            entries.append(ImageEntry(image_path, class_tokens, False, scanned))
+            continue
+        if caption_file.warning:
+            warnings.append(caption_file.warning)
+        empty += caption_file.text == ""
+        entries.append(ImageEntry(image_path, caption_file.text, True, scanned))
+    if not entries:
+        skipped.append(Skipped(path, "no usable images (.png, .jpg, .jpeg, .webp, .bmp) in this folder"))
+        return None
+    return Subset(path, repeats, class_tokens, tuple(entries), is_reg, empty)
+
+
+def load_dataset_folder(root: str, caption_extension: str = ".txt") -> Dataset:
+    """Scan `root` for `N_name` sub-folders; DatasetError naming the folder when nothing is trainable."""
+    caption_extension = normalized_extension(caption_extension)
+    if not os.path.exists(root):
+        raise DatasetError(f"Dataset folder {root} does not exist.\n{EXPECTED_LAYOUT}")
+    if not os.path.isdir(root):
+        raise DatasetError(f"Dataset path {root} is a file, not a folder.\n{EXPECTED_LAYOUT}")
+    try:
+        entries = sorted((e for e in os.scandir(root) if not is_hidden(e.name)), key=lambda e: e.name)
+    except PermissionError:
+        raise DatasetError(f"Dataset folder {root} cannot be read (no permission).") from None
+    if not entries:
+        raise DatasetError(f"Dataset folder {root} is empty.\n{EXPECTED_LAYOUT}")
+
+    subsets, unprefixed, skipped, warnings = [], [], [], []
+    for folder in (e for e in entries if e.is_dir()):
+        parsed = parse_repeat_folder_name(folder.name)
+        if parsed is None:
+            unprefixed.append(folder.name)
+            continue
+        repeats, class_tokens = parsed
+        if repeats < 1:
+            skipped.append(Skipped(folder.path, f"{repeats} repeats: the number before '_' must be 1 or more"))
+            continue
+        subset = scan_subset(folder.path, repeats, class_tokens, caption_extension, skipped, warnings)
+        if subset is not None:
+            subsets.append(subset)
+
+    for item in skipped:
+        logger.warning("lora-trainer dataset: skipped %s", item.describe())
+    for warning in warnings:
+        logger.warning("lora-trainer dataset: %s", warning)
+    if not subsets:
+        raise DatasetError(no_subset_message(root, entries, unprefixed, skipped))
+    return Dataset(os.path.abspath(root), caption_extension, tuple(subsets), tuple(unprefixed), tuple(skipped),
+                   tuple(warnings))
+
+
+def no_subset_message(root: str, entries, unprefixed: list[str], skipped: list[Skipped]) -> str:
+    loose = [e.name for e in entries if e.is_file()][:3]
+    if skipped and not loose:
+        reasons = "\n".join(f"  {item.describe()}" for item in skipped[:SHOWN_SKIPS])
+        return f"Dataset folder {root} has nothing to train on:\n{reasons}\n{EXPECTED_LAYOUT}"
+    hint = ""
+    if loose:
+        hint = (f" It holds files directly ({', '.join(loose)}...): kohya reads only sub-folders, so move "
+                "them into a sub-folder such as '10_mysubject'.")
+    elif unprefixed:
+        hint = (f" Its sub-folders ({', '.join(unprefixed[:3])}) do not start with a repeat count; rename one "
+                f"to e.g. '10_{unprefixed[0]}'.")
+    return f"Dataset folder {root} has no 'N_name' sub-folder.{hint}\n{EXPECTED_LAYOUT}"

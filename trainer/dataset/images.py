@@ -1,0 +1,165 @@
+"""Reading images the way training needs them, and resizing them exactly as kohya does.
+
+- `read_header` looks at a file's header only (size, EXIF orientation), so scanning a folder of thousands
+  of images decodes none of them.
+- `open_rgb` decodes one image: EXIF orientation applied, the first frame of an animation, 16-bit,
+  grayscale, CMYK and palette images converted, transparency composited on white (or, on request, dropped
+  as kohya does, keeping whatever colour sits under transparent pixels).
+- `resize` shrinks with an exact area average (OpenCV's INTER_AREA, which kohya uses, without OpenCV)
+  and enlarges with PIL's LANCZOS, as kohya does; kohya's `resize_interpolation` names pick one method for
+  both directions.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .buckets import BucketChoice, Size
+
+# kohya's --resize_interpolation values; "auto" is kohya's default (area to shrink, lanczos to enlarge)
+RESIZE_INTERPOLATIONS = ("auto", "area", "lanczos", "bicubic", "bilinear", "nearest", "box")
+PIL_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+               "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+               "box": Image.Resampling.BOX}
+ORIENTATION_TAG = 0x0112
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be used as a training image; `reason` says why in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    size: Size             # (width, height) as trained, i.e. after the EXIF rotation
+    has_alpha: bool
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # a very large photo (say 12000x12000) is a real dataset image, not a decompression bomb
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError:
+        raise UnreadableImage(path, "larger than the 178-megapixel safety limit; downscale it first") from None
+    except FileNotFoundError:
+        raise UnreadableImage(path, "the file is gone (a broken link?)") from None
+    except PermissionError:
+        raise UnreadableImage(path, "no permission to read it") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UnreadableImage(path, f"not an image PIL can read ({exc.__class__.__name__})") from None
+
+
+def read_header(path: str) -> ImageHeader:
+    """Size and transparency from the header alone (no pixel is decoded)."""
+    with _open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+        except (OSError, ValueError, SyntaxError, struct.error):
+            # a PNG keeps EXIF after its pixel data: a truncated one is found when it is decoded
+            orientation = 1
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if width < 1 or height < 1:
+        raise UnreadableImage(path, f"its header says {width}x{height}")
+    # EXIF orientations 5..8 turn the picture by 90 degrees: the trained image is the transposed one
+    return ImageHeader((height, width) if orientation in (5, 6, 7, 8) else (width, height), has_alpha)
+
+
+def to_rgb(image: Image.Image, transparent_on_white: bool = True) -> Image.Image:
+    """Any PIL mode as 8-bit RGB; transparency composited on white unless `transparent_on_white` is off."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale PNGs: scale to 8 bits instead of clipping at 255
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha and transparent_on_white:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.split()[-1])
+        return background
+    return image.convert("RGB")
+
+
+def open_rgb(path: str, transparent_on_white: bool = True) -> Image.Image:
+    """Decode `path` as RGB (first frame, EXIF orientation applied); UnreadableImage when it can't be."""
+    with _open(path) as image:
+        try:
+            image.seek(0)
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            return to_rgb(oriented, transparent_on_white)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise UnreadableImage(path, f"cannot be decoded, probably truncated or corrupt ({exc})") from None
+
+
+def _area_along(array: np.ndarray, target: int, axis: int) -> np.ndarray:
+    """Area-average `array` down to `target` samples along `axis`, in float64.
+
+    Output sample i covers the source interval [i*s, (i+1)*s) with s = source/target; a source pixel
+    partly inside counts by the covered fraction (OpenCV's INTER_AREA when shrinking). Each output reads
+    only the ~s+1 source rows it covers, so the work is one pass over the image whatever its size.
+    """
+    source = array.shape[axis]
+    scale = source / target
+    moved = np.moveaxis(array, axis, 0)
+    out = np.empty((target, *moved.shape[1:]), dtype=np.float64)
+    for index in range(target):
+        start, end = index * scale, min((index + 1) * scale, source)
+        first, last = int(math.floor(start)), min(int(math.ceil(end)), source)
+        pixels = np.arange(first, last, dtype=np.float64)
+        weights = np.minimum(end, pixels + 1) - np.maximum(start, pixels)
+        out[index] = np.tensordot(weights, moved[first:last], axes=(0, 0)) / (end - start)
+    return np.moveaxis(out, 0, axis)
+
+
+def area_resize(pixels: np.ndarray, size: Size) -> np.ndarray:
+    """Exact area-average shrink of an [H, W, C] uint8 array to (width, height)."""
+    target_w, target_h = size
+    rows = _area_along(pixels, target_h, axis=0)              # [th, W, C]: the larger pass runs on uint8 input
+    out = _area_along(rows, target_w, axis=1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize(image: Image.Image, size: Size, interpolation: str = "auto") -> Image.Image:
+    """kohya's resize_image: `auto` shrinks by area average and enlarges with LANCZOS."""
+    if image.size == tuple(size):
+        return image
+    if interpolation not in RESIZE_INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}")
+    shrinking = size[0] * size[1] < image.size[0] * image.size[1]
+    method = ("area" if shrinking else "lanczos") if interpolation == "auto" else interpolation
+    if method == "area":
+        if not shrinking:
+            return image.resize(size, Image.Resampling.BILINEAR)   # OpenCV's INTER_AREA enlarges bilinearly
+        return Image.fromarray(area_resize(np.asarray(image.convert("RGB")), size), "RGB")
+    return image.resize(size, PIL_FILTERS[method])
+
+
+def resize_and_crop(image: Image.Image, choice: BucketChoice, interpolation: str = "auto") -> Image.Image:
+    """Resize to cover the bucket, then centre-crop the excess (kohya's trim_and_resize_if_required)."""
+    image = resize(image, choice.resized, interpolation)
+    bucket_w, bucket_h = choice.bucket
+    left = (image.size[0] - bucket_w) // 2
+    top = (image.size[1] - bucket_h) // 2
+    if left or top or image.size != choice.bucket:
+        image = image.crop((left, top, left + bucket_w, top + bucket_h))
+    return image
+
+
+def to_pixels(images: list[Image.Image]) -> torch.Tensor:
+    """PIL RGB images of one size -> [B, H, W, 3] float32 in 0..1 (ComfyUI's IMAGE layout)."""
+    arrays = np.stack([np.asarray(img, dtype=np.float32) for img in images]) / 255.0
+    return torch.from_numpy(arrays)
