@@ -119,3 +119,19 @@ def test_a_folder_with_nothing_trainable_lists_why(tmp_path):
     with pytest.raises(DatasetError) as info:
         load_dataset_folder(str(root))
     assert "nothing to train on" in str(info.value) and "broken.png: empty file (0 bytes)" in str(info.value)
+
+
+def test_scanning_decodes_no_pixels(tmp_path, monkeypatch):
+    """Scanning reads headers only: any decode while listing the folder is a failure here."""
+    from PIL import ImageFile
+
+    from tests.helpers import make_messy_folder
+
+    expected = make_messy_folder(str(tmp_path / "messy"))
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError(f"{self.filename} was decoded while scanning")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    dataset = load_dataset_folder(str(tmp_path / "messy"))
+    assert dataset.num_images == len(expected["good"])

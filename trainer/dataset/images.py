@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .buckets import BucketChoice, Size
 
@@ -61,15 +61,37 @@ def _open(path: str) -> Image.Image:
         raise UnreadableImage(path, f"not an image PIL can read ({exc.__class__.__name__})") from None
 
 
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose does)
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation found without decoding pixels (1 = upright).
+
+    JPEG and WebP carry EXIF in their header. PIL finds a PNG's EXIF only by decoding the whole image when
+    the chunk comes after the pixels, so for PNG only an EXIF chunk already read with the header counts;
+    decoding (open_rgb) uses this same answer, so the size scanned is the size trained.
+    """
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(ORIENTATION_TAG, 1))
+        return int(image.getexif().get(ORIENTATION_TAG, 1))
+    except (OSError, ValueError, SyntaxError, TypeError, struct.error):
+        return 1
+
+
 def read_header(path: str) -> ImageHeader:
     """Size and transparency from the header alone (no pixel is decoded)."""
     with _open(path) as image:
         width, height = image.size
-        try:
-            orientation = image.getexif().get(ORIENTATION_TAG, 1)
-        except (OSError, ValueError, SyntaxError, struct.error):
-            # a PNG keeps EXIF after its pixel data: a truncated one is found when it is decoded
-            orientation = 1
+        orientation = header_orientation(image)
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     if width < 1 or height < 1:
         raise UnreadableImage(path, f"its header says {width}x{height}")
@@ -97,9 +119,10 @@ def open_rgb(path: str, transparent_on_white: bool = True) -> Image.Image:
     """Decode `path` as RGB (first frame, EXIF orientation applied); UnreadableImage when it can't be."""
     with _open(path) as image:
         try:
+            orientation = header_orientation(image)
             image.seek(0)
             image.load()
-            oriented = ImageOps.exif_transpose(image)
+            oriented = image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
             return to_rgb(oriented, transparent_on_white)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableImage(path, f"cannot be decoded, probably truncated or corrupt ({exc})") from None
