@@ -45,18 +45,26 @@ class LoRALoadDatasetFolder(io.ComfyNode):
                 io.String.Input("caption_extension", default=".txt",
                                 tooltip="Caption files are <image name><extension> beside each image "
                                         "(kohya_ss GUI default .txt; sd-scripts CLI default .caption)."),
+                io.String.Input("regularization_folder", default="", optional=True,
+                                tooltip="Optional regularization (class) images in the same N_name layout, e.g. "
+                                        "'1_dog'. kohya balances them to as many samples as the training images; "
+                                        "their loss weight is Train's prior_loss_weight."),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, caption_extension):
-        if not isinstance(folder, str) or not isinstance(caption_extension, str):
+    def fingerprint_inputs(cls, folder, caption_extension, regularization_folder=""):
+        if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder)):
             # a linked input arrives here as None, before its node ran: always re-read the folder
             return float("nan")
-        return folder_signature(resolve_dataset_folder(folder)) + caption_extension
+        signature = folder_signature(resolve_dataset_folder(folder)) + caption_extension
+        if regularization_folder.strip():
+            signature += "|reg:" + folder_signature(resolve_dataset_folder(regularization_folder))
+        return signature
 
     @classmethod
-    def execute(cls, folder, caption_extension) -> io.NodeOutput:
-        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension)
+    def execute(cls, folder, caption_extension, regularization_folder="") -> io.NodeOutput:
+        regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
+        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -215,6 +215,8 @@ class LoRATrain(io.ComfyNode):
                 io.String.Input("resume_from", default="", optional=True,
                                 tooltip="Name of a cancelled or failed run to continue exactly where it stopped "
                                         "(same settings); it keeps its name. Empty = a new run."),
+                io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
+                               tooltip="Loss weight of regularization images (kohya's prior_loss_weight)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -228,9 +230,10 @@ class LoRATrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
-                train_seed, precision, save_every_n_epochs, resume_from="") -> io.NodeOutput:
+                train_seed, precision, save_every_n_epochs, resume_from="", prior_loss_weight=1.0) -> io.NodeOutput:
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                                 seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs)
+                                 seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs,
+                                 prior_loss_weight=prior_loss_weight)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "")
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,

@@ -7,6 +7,7 @@ bucket, each with its caption and repeat count. Latents are stored raw (unscaled
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -20,6 +21,7 @@ from .dataset import Dataset, Skipped
 from .dataset.buckets import BucketChoice, BucketSettings, Size, select_bucket
 from .dataset.folders import describe_skips
 from .dataset.images import RESIZE_INTERPOLATIONS, UnreadableImage, open_rgb, resize_and_crop, to_pixels
+from .dataset.regularization import balanced_reg_repeats
 from .errors import ConfigError, DatasetError, TrainerError
 from .interfaces import LatentEncoder
 
@@ -35,7 +37,7 @@ class CachedSample:
     original_size: Size
     bucket: Size
     latent: torch.Tensor          # [C, h, w] float32 on CPU, raw VAE output
-    loss_weight: float = 1.0
+    is_reg: bool = False          # a regularization image: its loss is weighted by Train's prior_loss_weight
 
 
 @dataclass
@@ -46,6 +48,7 @@ class LatentCache:
     mean_ar_error: float
     cache_mode: str = "memory"
     skipped: tuple[Skipped, ...] = field(default=())     # images left out while caching, with the reason
+    interpolation: str = "auto"                          # kohya's resize_interpolation
 
     @property
     def samples(self) -> list[CachedSample]:
@@ -57,8 +60,14 @@ class LatentCache:
 
     @property
     def num_train_images(self) -> int:
-        """kohya's num_train_images over what was cached: images times repeats."""
-        return sum(sample.repeats for sample in self.samples)
+        """kohya's num_train_images over what was cached: training images times repeats."""
+        return sum(sample.repeats for sample in self.samples if not sample.is_reg)
+
+    @property
+    def num_reg_images(self) -> int:
+        """kohya's num_reg_images: cached reg images times their folder's repeats, before balancing."""
+        repeats = {subset.name: subset.repeats for subset in self.dataset.subsets if subset.is_reg}
+        return sum(repeats[sample.subset] for sample in self.samples if sample.is_reg)
 
     def bucket_counts(self) -> dict[Size, int]:
         """Images per bucket counting repeats, as kohya's bucket_info reports."""
@@ -134,8 +143,28 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     if not buckets:
         reasons = "\n".join(f"  {item.describe()}" for item in skipped[:20])
         raise DatasetError(f"No image of {dataset.root} could be cached:\n{reasons}")
+    buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
-    return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, skipped=tuple(skipped))
+    return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, skipped=tuple(skipped),
+                       interpolation=interpolation)
+
+
+def balance_regularization(buckets: dict[Size, list[CachedSample]], dataset: Dataset) -> dict[Size, list[CachedSample]]:
+    """kohya's reg balancing over the images that were cached: reg repeats set per image, unused ones dropped."""
+    cached_reg = {s.image_path: s for samples in buckets.values() for s in samples if s.is_reg}
+    if not cached_reg:
+        return buckets
+    train_samples = sum(s.repeats for samples in buckets.values() for s in samples if not s.is_reg)
+    in_order = [(image.path, subset.repeats) for subset in dataset.subsets if subset.is_reg
+                for image in subset.images if image.path in cached_reg]
+    repeats = balanced_reg_repeats(train_samples, in_order)
+    balanced = {}
+    for size, samples in buckets.items():
+        kept = [dataclasses.replace(s, repeats=repeats[s.image_path]) if s.is_reg else s
+                for s in samples if not s.is_reg or s.image_path in repeats]
+        if kept:
+            balanced[size] = kept
+    return balanced
 
 
 def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[CachedSample]:
@@ -147,7 +176,8 @@ def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[Cach
         bad = [entry.path for (_, entry, _, _), lat in zip(chunk, latents) if not torch.isfinite(lat).all()]
         raise TrainerError(f"The VAE produced NaN/inf latents for {', '.join(bad)}. An fp16 VAE is the usual "
                            "cause (the SDXL VAE in particular): load the VAE in fp32 or use an fp16-fix VAE.")
-    return [CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent)
+    return [CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
+                         subset.is_reg)
             for (subset, entry, choice, size), latent in zip(chunk, latents)]
 
 

@@ -156,7 +156,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, contexts,
-                        training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed)
+                        training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
+                        settings.prior_loss_weight)
     progress = TrainProgress()
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
     if resume is not None:
@@ -222,12 +223,14 @@ class TrainStep:
     """
 
     def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
-                 optimizer_config: OptimizerConfig, contexts: dict[str, torch.Tensor], precision: str, seed: int):
+                 optimizer_config: OptimizerConfig, contexts: dict[str, torch.Tensor], precision: str, seed: int,
+                 prior_loss_weight: float = 1.0):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
         self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
         # on the training device once, not per step (they are small: one per distinct caption)
         self.contexts = {caption: hidden.to(denoiser.device) for caption, hidden in contexts.items()}
         self.precision = precision
+        self.prior_loss_weight = prior_loss_weight
         self.generator = torch.Generator().manual_seed(seed)
         self.device = denoiser.device
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -248,7 +251,7 @@ class TrainStep:
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)
         context = batch_context([self.contexts[sample.caption] for sample in batch])
-        weights = torch.tensor([sample.loss_weight for sample in batch], device=device)
+        weights = torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch], device=device)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with autocast:

@@ -24,6 +24,7 @@ class TrainSettings:
     seed: int = 42
     precision: str = "auto"          # one of PRECISIONS; what it becomes on the device: loop.training_precision
     save_every_n_epochs: int = 0     # 0: only the final LoRA
+    prior_loss_weight: float = 1.0   # kohya's --prior_loss_weight: the loss weight of regularization images
 
     def validated(self) -> "TrainSettings":
         if self.epochs < 1:
@@ -36,6 +37,8 @@ class TrainSettings:
             raise ConfigError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}.")
         if self.save_every_n_epochs < 0:
             raise ConfigError("save_every_n_epochs must be 0 (off) or more.")
+        if not self.prior_loss_weight >= 0:
+            raise ConfigError(f"prior_loss_weight is {self.prior_loss_weight}; it must be 0 or more (kohya: 1.0).")
         return self
 
 

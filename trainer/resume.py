@@ -47,10 +47,11 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
     data = hashlib.sha256()
     for size, samples in sorted(cache.buckets.items()):
         for sample in samples:
-            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}\n".encode())
+            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}|{sample.is_reg}\n".encode())
     return {
         "steps": [plan.batches_per_epoch, plan.epochs, plan.total_steps],
         "batch_size": settings.batch_size, "seed": settings.seed, "precision": settings.precision,
+        "prior_loss_weight": settings.prior_loss_weight,
         "network": dataclasses.asdict(network),
         "optimizer": json.loads(json.dumps(dataclasses.asdict(optimizer))),
         "dataset": data.hexdigest(),

@@ -36,16 +36,18 @@ def server(tmp_path_factory):
                       {"3_sks dog/0": "a photo of sks dog, (grass)"})
     os.makedirs(base / "input" / "empty_dataset")
     make_messy_folder(str(base / "input" / "messy"))
+    make_kohya_folder(str(base / "input" / "reg"), {"1_dog": [(64, 64)] * 4})
     running = ComfyServer(str(base)).start()
     yield running
     running.stop()
 
 
 def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save_precision: str = "fp32",
-                   resume_from: str = "") -> dict:
+                   resume_from: str = "", regularization_folder: str = "", prior_loss_weight: float = 1.0) -> dict:
     return {
         "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 1}},
-        "2": {"class_type": "LoRALoadDatasetFolder", "inputs": {"folder": folder, "caption_extension": ".txt"}},
+        "2": {"class_type": "LoRALoadDatasetFolder",
+              "inputs": {"folder": folder, "caption_extension": ".txt", "regularization_folder": regularization_folder}},
         "3": {"class_type": "LoRABucketCacheLatents",
               "inputs": {"dataset": ["2", 0], "vae": ["1", 2], "resolution": 64, "min_bucket_reso": 64,
                          "max_bucket_reso": 128, "bucket_reso_steps": 64, "bucket_no_upscale": False,
@@ -59,7 +61,7 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
               "inputs": {"model": ["1", 0], "clip": ["1", 1], "latents": ["3", 0], "network": ["4", 0],
                          "optimizer": ["5", 0], "output_name": output_name, "epochs": epochs, "max_steps": 0,
                          "batch_size": 2, "train_seed": 7, "precision": "fp32", "save_every_n_epochs": 0,
-                         "resume_from": resume_from}},
+                         "resume_from": resume_from, "prior_loss_weight": prior_loss_weight}},
         "7": {"class_type": "LoRASaveSafetensors",
               "inputs": {"lora": ["6", 2], "file_name": "", "precision": save_precision}},
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["6", 3]}},
@@ -183,6 +185,19 @@ def test_a_messy_folder_trains_on_exactly_its_good_images_and_shows_each_skip(se
         assert name in dataset_text, dataset_text
     assert "latin.txt is not UTF-8" in dataset_text and "1 empty caption file(s)" in dataset_text
     assert "truncated.png" in cache_text and "truncated or corrupt" in cache_text, cache_text
+
+
+def test_regularization_folder_trains_balanced_with_its_prior_loss_weight(server):
+    graph = training_graph("reg_lora", epochs=1, regularization_folder="reg", prior_loss_weight=0.5)
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    with safe_open(os.path.join(server.base_dir, "models", "loras", "reg_lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_num_train_images"] == "9" and metadata["ss_num_reg_images"] == "4"
+    assert json.loads(metadata["ss_reg_dataset_dirs"]) == {"1_dog": {"n_repeats": 1, "img_count": 4}}
+    assert metadata["ss_prior_loss_weight"] == "0.5"
+    assert metadata["ss_num_batches_per_epoch"] == "9"            # 9 train + 9 balanced reg samples, batch 2
+    assert "balanced to 9 sample(s) from 4 image(s)" in entry["outputs"]["2"]["text"][0]
 
 
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):

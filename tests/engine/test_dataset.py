@@ -135,3 +135,28 @@ def test_scanning_decodes_no_pixels(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     dataset = load_dataset_folder(str(tmp_path / "messy"))
     assert dataset.num_images == len(expected["good"])
+
+
+def test_regularization_is_balanced_as_kohya_does():
+    from trainer.dataset.regularization import balanced_reg_repeats
+
+    # enough reg images: registered in order until they reach the 20 training samples; the rest unused
+    assert balanced_reg_repeats(20, [("a", 8), ("b", 8), ("c", 8), ("d", 8)]) == {"a": 8, "b": 8, "c": 8}
+    # too few: one more repeat per image, in order, until they match
+    assert balanced_reg_repeats(7, [("a", 1), ("b", 1)]) == {"a": 4, "b": 3}
+    assert balanced_reg_repeats(0, [("a", 1)]) == {} and balanced_reg_repeats(5, []) == {}
+
+
+def test_a_regularization_folder_is_read_balanced_and_described(tmp_path):
+    root = make_kohya_folder(str(tmp_path / "train"), {"10_sks dog": [(64, 64)] * 3})
+    reg = make_kohya_folder(str(tmp_path / "reg"), {"1_dog": [(64, 64)] * 4})
+    dataset = load_dataset_folder(root, ".txt", reg)
+    assert [(s.name, s.is_reg) for s in dataset.subsets] == [("10_sks dog", False), ("1_dog", True)]
+    assert dataset.num_train_images == 30 and dataset.num_reg_images == 4
+    assert sorted(dataset.reg_balance().values()) == [7, 7, 8, 8]               # 4 images brought to 30
+    assert "regularization: 4 image(s), 4 with repeats, balanced to 30 sample(s)" in dataset.describe()
+    with pytest.raises(DatasetError, match="Regularization folder .*does not exist"):
+        load_dataset_folder(root, ".txt", str(tmp_path / "nowhere"))
+    make_kohya_folder(str(tmp_path / "reg2"), {"10_sks dog": [(64, 64)]})
+    with pytest.raises(DatasetError, match="both have a sub-folder named 10_sks dog"):
+        load_dataset_folder(root, ".txt", str(tmp_path / "reg2"))

@@ -21,3 +21,23 @@ def test_an_image_corrupt_past_its_header_is_skipped_while_caching(tmp_path, tin
     assert seen[-1] == (len(expected["good"]), len(expected["good"]))
     assert cache.num_train_images == 11 * 4 + 1 * 2            # what trains, not what was scanned
     assert sum(tag_frequency(cache)["4_sks dog"].values()) == 10     # the empty caption has no tag
+
+
+def test_regularization_images_are_balanced_weighted_and_recorded(tmp_path, tiny_vae_encoder, tiny_trainable):
+    from tests.helpers import make_kohya_folder
+    from trainer.loop import train_lora
+    from trainer.network import NetworkConfig
+    from trainer.optim import OptimizerConfig
+    from trainer.plan import TrainSettings, plan_run
+
+    root = make_kohya_folder(str(tmp_path / "train"), {"3_sks dog": [(64, 64)] * 2})
+    reg = make_kohya_folder(str(tmp_path / "reg"), {"1_dog": [(64, 64)] * 8})
+    cache = cache_latents(load_dataset_folder(root, ".txt", reg), tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
+    reg_samples = [s for s in cache.samples if s.is_reg]
+    assert len(reg_samples) == 6 and all(s.repeats == 1 for s in reg_samples)    # 6 of 8 reach the 6 train samples
+    assert cache.num_train_images == 6 and cache.num_reg_images == 6
+    settings = TrainSettings(epochs=1, batch_size=1, prior_loss_weight=0.0)
+    assert plan_run(cache, settings).total_steps == 12                          # an epoch is twice as long
+    # with prior_loss_weight 0 the reg steps add nothing: the loss recorded for them is 0
+    result = train_lora(tiny_trainable, cache, NetworkConfig(rank=2), OptimizerConfig(), settings)
+    assert sum(1 for loss in result.progress.losses if loss == 0.0) == 6

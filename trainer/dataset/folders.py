@@ -23,6 +23,7 @@ from ..errors import DatasetError
 from .buckets import Size
 from .captions import find_caption
 from .images import UnreadableImage, read_header
+from .regularization import balanced_reg_repeats
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,28 @@ class Dataset:
         """kohya's num_train_images: images times repeats over the training subsets."""
         return sum(len(s.images) * s.repeats for s in self.subsets if not s.is_reg)
 
+    @property
+    def num_reg_images(self) -> int:
+        """kohya's num_reg_images: images times repeats over the regularization subsets, before balancing."""
+        return sum(len(s.images) * s.repeats for s in self.subsets if s.is_reg)
+
+    def reg_balance(self) -> dict[str, int]:
+        """{reg image path: repeats} after kohya's balancing against the training samples."""
+        reg = [(image.path, subset.repeats) for subset in self.subsets if subset.is_reg for image in subset.images]
+        return balanced_reg_repeats(self.num_train_images, reg)
+
     def describe(self) -> str:
         lines = [f"{self.root}: {len(self.subsets)} folder(s), {self.num_images} image(s), "
                  f"{self.num_train_images} with repeats"]
+        if self.num_reg_images:
+            balance = self.reg_balance()
+            lines.append(f"regularization: {sum(1 for s in self.subsets if s.is_reg for _ in s.images)} image(s), "
+                         f"{self.num_reg_images} with repeats, balanced to {sum(balance.values())} sample(s) from "
+                         f"{len(balance)} image(s) against {self.num_train_images} training sample(s)")
         for subset in self.subsets:
             missing = len(subset.images) - subset.captions_from_files
-            line = (f"  {subset.name}: {len(subset.images)} image(s) x {subset.repeats} repeats, "
+            line = (f"  {'reg ' if subset.is_reg else ''}{subset.name}: {len(subset.images)} image(s) x "
+                    f"{subset.repeats} repeats, "
                     f"{subset.captions_from_files} {self.caption_extension} caption(s)")
             if missing:
                 line += f", {missing} captioned '{subset.class_tokens}' (no caption file)"
@@ -207,19 +224,46 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
     return Subset(path, repeats, class_tokens, tuple(entries), is_reg, empty)
 
 
-def load_dataset_folder(root: str, caption_extension: str = ".txt") -> Dataset:
-    """Scan `root` for `N_name` sub-folders; DatasetError naming the folder when nothing is trainable."""
+def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "") -> Dataset:
+    """Scan `root` (and a regularization folder in the same layout) for `N_name` sub-folders.
+
+    DatasetError, naming the folder, when nothing in it is trainable.
+    """
     caption_extension = normalized_extension(caption_extension)
+    subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False)
+    if regularization_folder:
+        reg_subsets, reg_unprefixed, reg_skipped, reg_warnings = scan_root(regularization_folder, caption_extension,
+                                                                           True)
+        subsets += reg_subsets
+        unprefixed += [os.path.join(regularization_folder, name) for name in reg_unprefixed]
+        skipped += reg_skipped
+        warnings += reg_warnings
+    names = [subset.name for subset in subsets]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DatasetError(f"The training and regularization folders both have a sub-folder named "
+                           f"{', '.join(twice)}; kohya keys its records by folder name, so rename one of them.")
+    for item in skipped:
+        logger.warning("lora-trainer dataset: skipped %s", item.describe())
+    for warning in warnings:
+        logger.warning("lora-trainer dataset: %s", warning)
+    return Dataset(os.path.abspath(root), caption_extension, tuple(subsets), tuple(unprefixed), tuple(skipped),
+                   tuple(warnings))
+
+
+def scan_root(root: str, caption_extension: str, is_reg: bool):
+    """(subsets, unprefixed folder names, skipped, warnings) of one folder; DatasetError if none is usable."""
+    kind = "Regularization folder" if is_reg else "Dataset folder"
     if not os.path.exists(root):
-        raise DatasetError(f"Dataset folder {root} does not exist.\n{EXPECTED_LAYOUT}")
+        raise DatasetError(f"{kind} {root} does not exist.\n{EXPECTED_LAYOUT}")
     if not os.path.isdir(root):
-        raise DatasetError(f"Dataset path {root} is a file, not a folder.\n{EXPECTED_LAYOUT}")
+        raise DatasetError(f"{kind} path {root} is a file, not a folder.\n{EXPECTED_LAYOUT}")
     try:
         entries = sorted((e for e in os.scandir(root) if not is_hidden(e.name)), key=lambda e: e.name)
     except PermissionError:
-        raise DatasetError(f"Dataset folder {root} cannot be read (no permission).") from None
+        raise DatasetError(f"{kind} {root} cannot be read (no permission).") from None
     if not entries:
-        raise DatasetError(f"Dataset folder {root} is empty.\n{EXPECTED_LAYOUT}")
+        raise DatasetError(f"{kind} {root} is empty.\n{EXPECTED_LAYOUT}")
 
     subsets, unprefixed, skipped, warnings = [], [], [], []
     for folder in (e for e in entries if e.is_dir()):
@@ -231,25 +275,20 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt") -> Dataset:
         if repeats < 1:
             skipped.append(Skipped(folder.path, f"{repeats} repeats: the number before '_' must be 1 or more"))
             continue
-        subset = scan_subset(folder.path, repeats, class_tokens, caption_extension, skipped, warnings)
+        subset = scan_subset(folder.path, repeats, class_tokens, caption_extension, skipped, warnings, is_reg)
         if subset is not None:
             subsets.append(subset)
-
-    for item in skipped:
-        logger.warning("lora-trainer dataset: skipped %s", item.describe())
-    for warning in warnings:
-        logger.warning("lora-trainer dataset: %s", warning)
     if not subsets:
-        raise DatasetError(no_subset_message(root, entries, unprefixed, skipped))
-    return Dataset(os.path.abspath(root), caption_extension, tuple(subsets), tuple(unprefixed), tuple(skipped),
-                   tuple(warnings))
+        raise DatasetError(no_subset_message(root, entries, unprefixed, skipped, kind))
+    return subsets, unprefixed, skipped, warnings
 
 
-def no_subset_message(root: str, entries, unprefixed: list[str], skipped: list[Skipped]) -> str:
+def no_subset_message(root: str, entries, unprefixed: list[str], skipped: list[Skipped],
+                      kind: str = "Dataset folder") -> str:
     loose = [e.name for e in entries if e.is_file()][:3]
     if skipped and not loose:
         reasons = "\n".join(f"  {item.describe()}" for item in skipped[:SHOWN_SKIPS])
-        return f"Dataset folder {root} has nothing to train on:\n{reasons}\n{EXPECTED_LAYOUT}"
+        return f"{kind} {root} has nothing to train on:\n{reasons}\n{EXPECTED_LAYOUT}"
     hint = ""
     if loose:
         hint = (f" It holds files directly ({', '.join(loose)}...): kohya reads only sub-folders, so move "
@@ -257,4 +296,4 @@ def no_subset_message(root: str, entries, unprefixed: list[str], skipped: list[S
     elif unprefixed:
         hint = (f" Its sub-folders ({', '.join(unprefixed[:3])}) do not start with a repeat count; rename one "
                 f"to e.g. '10_{unprefixed[0]}'.")
-    return f"Dataset folder {root} has no 'N_name' sub-folder.{hint}\n{EXPECTED_LAYOUT}"
+    return f"{kind} {root} has no 'N_name' sub-folder.{hint}\n{EXPECTED_LAYOUT}"
