@@ -49,22 +49,31 @@ class LoRALoadDatasetFolder(io.ComfyNode):
                                 tooltip="Optional regularization (class) images in the same N_name layout, e.g. "
                                         "'1_dog'. kohya balances them to as many samples as the training images; "
                                         "their loss weight is Train's prior_loss_weight."),
+                io.String.Input("repeats", default="", optional=True,
+                                tooltip="Override repeat counts: 'sks dog=5, style=2' (a sub-folder by its full name "
+                                        "or the part after N_). Also admits a sub-folder without an N_ prefix."),
+                LoraDataset.Input("add_to", optional=True,
+                                  tooltip="Another dataset to train together with this folder, e.g. a character "
+                                          "folder and a style folder; each keeps its repeats and caption settings."),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, caption_extension, regularization_folder=""):
-        if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder)):
+    def fingerprint_inputs(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None):
+        # add_to is covered by the executor's own input signature (it re-runs when the upstream node changes)
+        if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder, repeats)):
             # a linked input arrives here as None, before its node ran: always re-read the folder
             return float("nan")
         signature = folder_signature(resolve_dataset_folder(folder)) + caption_extension
         if regularization_folder.strip():
             signature += "|reg:" + folder_signature(resolve_dataset_folder(regularization_folder))
-        return signature
+        return signature + "|repeats:" + repeats
 
     @classmethod
-    def execute(cls, folder, caption_extension, regularization_folder="") -> io.NodeOutput:
+    def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None) -> io.NodeOutput:
         regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
-        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization)
+        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats)
+        if add_to is not None:
+            dataset = add_to.combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -16,7 +16,7 @@ OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # id: (type, title, position, size, widget values, {input name: (source id, output slot)})
 NODES = {
     1: ("CheckpointLoaderSimple", None, (40, 80), (330, 100), ["v1-5-pruned-emaonly.safetensors"], {}),
-    2: ("LoRALoadDatasetFolder", None, (40, 260), (330, 120), ["lora_dataset", ".txt", ""], {}),
+    2: ("LoRALoadDatasetFolder", None, (40, 260), (330, 150), ["lora_dataset", ".txt", "", ""], {}),
     3: ("LoRABucketCacheLatents", None, (420, 260), (330, 300),
         [512, 256, 1024, 64, False, 1, "memory", "auto", "on white"], {"dataset": (2, 0), "vae": (1, 2)}),
     4: ("LoRAConfigure", None, (420, 610), (330, 110), ["LoRA", 8, 1.0], {}),

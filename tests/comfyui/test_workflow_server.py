@@ -200,6 +200,20 @@ def test_regularization_folder_trains_balanced_with_its_prior_loss_weight(server
     assert "balanced to 9 sample(s) from 4 image(s)" in entry["outputs"]["2"]["text"][0]
 
 
+def test_two_dataset_folders_chained_train_together_with_overridden_repeats(server):
+    graph = training_graph("two_sets_lora", epochs=1)
+    graph["14"] = {"class_type": "LoRALoadDatasetFolder",
+                   "inputs": {"folder": "reg", "caption_extension": ".txt", "repeats": "dog=2", "add_to": ["2", 0]}}
+    graph["3"]["inputs"]["dataset"] = ["14", 0]
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    with safe_open(os.path.join(server.base_dir, "models", "loras", "two_sets_lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"3_sks dog": {"n_repeats": 3, "img_count": 3},
+                                                      "1_dog": {"n_repeats": 2, "img_count": 4}}
+    assert metadata["ss_num_train_images"] == str(3 * 3 + 4 * 2)
+
+
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120

@@ -158,5 +158,31 @@ def test_a_regularization_folder_is_read_balanced_and_described(tmp_path):
     with pytest.raises(DatasetError, match="Regularization folder .*does not exist"):
         load_dataset_folder(root, ".txt", str(tmp_path / "nowhere"))
     make_kohya_folder(str(tmp_path / "reg2"), {"10_sks dog": [(64, 64)]})
-    with pytest.raises(DatasetError, match="both have a sub-folder named 10_sks dog"):
+    with pytest.raises(DatasetError, match="have a sub-folder named 10_sks dog"):
         load_dataset_folder(root, ".txt", str(tmp_path / "reg2"))
+
+
+def test_repeats_can_be_overridden_per_folder_and_admit_unprefixed_folders(tmp_path):
+    root = make_kohya_folder(str(tmp_path / "set"), {"10_sks dog": [(64, 64)], "3_style": [(64, 64)],
+                                                     "dogs": [(64, 64)]})
+    dataset = load_dataset_folder(root, ".txt", repeats="sks dog=2\n3_style = 7, dogs=4")
+    assert {s.name: (s.repeats, s.class_tokens) for s in dataset.subsets} == {
+        "10_sks dog": (2, "sks dog"), "3_style": (7, "style"), "dogs": (4, "dogs")}
+    assert dataset.skipped_folders == ()
+    with pytest.raises(DatasetError, match="repeats names cats, which is no sub-folder here"):
+        load_dataset_folder(root, ".txt", repeats="cats=3")
+    with pytest.raises(DatasetError, match="write 'folder=N'"):
+        load_dataset_folder(root, ".txt", repeats="sks dog=0")
+
+
+def test_two_datasets_train_together_each_with_its_own_captions(tmp_path):
+    character = make_kohya_folder(str(tmp_path / "character"), {"10_sks": [(64, 64)]})
+    style = make_kohya_folder(str(tmp_path / "style"), {"2_watercolor": [(64, 64)]})
+    (tmp_path / "style" / "2_watercolor" / "0.caption").write_text("a watercolor painting", encoding="utf-8")
+    combined = load_dataset_folder(character, ".txt").combined_with(load_dataset_folder(style, ".caption"))
+    assert [(s.name, s.repeats, s.caption_extension) for s in combined.subsets] == [
+        ("10_sks", 10, ".txt"), ("2_watercolor", 2, ".caption")]
+    assert [e.caption for s in combined.subsets for e in s.images] == ["sks", "a watercolor painting"]
+    assert combined.num_train_images == 12 and str(tmp_path / "style") in combined.describe()
+    with pytest.raises(DatasetError, match="sub-folder named 10_sks"):
+        combined.combined_with(load_dataset_folder(character, ".txt"))

@@ -70,6 +70,7 @@ class Subset:
     images: tuple[ImageEntry, ...]
     is_reg: bool = False
     empty_captions: int = 0
+    caption_extension: str = ".txt"
 
     @property
     def name(self) -> str:
@@ -82,6 +83,8 @@ class Subset:
 
 @dataclass(frozen=True)
 class Dataset:
+    """Subsets from one or more folders (kohya's dataset_config subsets); `root` is the first folder."""
+
     root: str
     caption_extension: str
     subsets: tuple[Subset, ...]
@@ -108,8 +111,19 @@ class Dataset:
         reg = [(image.path, subset.repeats) for subset in self.subsets if subset.is_reg for image in subset.images]
         return balanced_reg_repeats(self.num_train_images, reg)
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(os.path.dirname(subset.folder) for subset in self.subsets))
+
+    def combined_with(self, other: "Dataset") -> "Dataset":
+        """Both datasets' subsets in one run, each keeping its own repeats and caption settings."""
+        subsets = self.subsets + other.subsets
+        check_unique_names(subsets)
+        return Dataset(self.root, self.caption_extension, subsets, self.skipped_folders + other.skipped_folders,
+                       self.skipped + other.skipped, self.warnings + other.warnings)
+
     def describe(self) -> str:
-        lines = [f"{self.root}: {len(self.subsets)} folder(s), {self.num_images} image(s), "
+        lines = [f"{', '.join(self.roots)}: {len(self.subsets)} folder(s), {self.num_images} image(s), "
                  f"{self.num_train_images} with repeats"]
         if self.num_reg_images:
             balance = self.reg_balance()
@@ -120,7 +134,7 @@ class Dataset:
             missing = len(subset.images) - subset.captions_from_files
             line = (f"  {'reg ' if subset.is_reg else ''}{subset.name}: {len(subset.images)} image(s) x "
                     f"{subset.repeats} repeats, "
-                    f"{subset.captions_from_files} {self.caption_extension} caption(s)")
+                    f"{subset.captions_from_files} {subset.caption_extension} caption(s)")
             if missing:
                 line += f", {missing} captioned '{subset.class_tokens}' (no caption file)"
             if subset.empty_captions:
@@ -221,28 +235,33 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
     if not entries:
         skipped.append(Skipped(path, "no usable images (.png, .jpg, .jpeg, .webp, .bmp) in this folder"))
         return None
-    return Subset(path, repeats, class_tokens, tuple(entries), is_reg, empty)
+    return Subset(path, repeats, class_tokens, tuple(entries), is_reg, empty, caption_extension)
 
 
-def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "") -> Dataset:
+def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "",
+                        repeats: str = "") -> Dataset:
     """Scan `root` (and a regularization folder in the same layout) for `N_name` sub-folders.
 
-    DatasetError, naming the folder, when nothing in it is trainable.
+    `repeats` overrides folders' repeat counts ('10_sks dog=5, style=2', see parse_repeats_override); it also
+    admits a folder without an N_ prefix. DatasetError, naming the folder, when nothing in it is trainable.
     """
     caption_extension = normalized_extension(caption_extension)
-    subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False)
+    overrides = parse_repeats_override(repeats)
+    used: set[str] = set()
+    subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False, overrides, used)
     if regularization_folder:
         reg_subsets, reg_unprefixed, reg_skipped, reg_warnings = scan_root(regularization_folder, caption_extension,
-                                                                           True)
+                                                                           True, overrides, used)
         subsets += reg_subsets
         unprefixed += [os.path.join(regularization_folder, name) for name in reg_unprefixed]
         skipped += reg_skipped
         warnings += reg_warnings
-    names = [subset.name for subset in subsets]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise DatasetError(f"The training and regularization folders both have a sub-folder named "
-                           f"{', '.join(twice)}; kohya keys its records by folder name, so rename one of them.")
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        names = ", ".join(sorted({subset.name for subset in subsets} | set(unprefixed)))
+        raise DatasetError(f"repeats names {', '.join(unknown)}, which is no sub-folder here; the sub-folders are: "
+                           f"{names}.")
+    check_unique_names(subsets)
     for item in skipped:
         logger.warning("lora-trainer dataset: skipped %s", item.describe())
     for warning in warnings:
@@ -251,8 +270,21 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
                    tuple(warnings))
 
 
-def scan_root(root: str, caption_extension: str, is_reg: bool):
+def folder_repeats(name: str, overrides: dict[str, int], used: set[str]) -> tuple[int, str] | None:
+    """(repeats, class tokens) of a sub-folder, with an override by full name or class tokens first."""
+    parsed = parse_repeat_folder_name(name)
+    class_tokens = parsed[1] if parsed else name
+    for key in (name, class_tokens):
+        if key in overrides:
+            used.add(key)
+            return overrides[key], class_tokens
+    return parsed
+
+
+def scan_root(root: str, caption_extension: str, is_reg: bool, overrides: dict[str, int] | None = None,
+              used: set[str] | None = None):
     """(subsets, unprefixed folder names, skipped, warnings) of one folder; DatasetError if none is usable."""
+    overrides, used = overrides or {}, used if used is not None else set()
     kind = "Regularization folder" if is_reg else "Dataset folder"
     if not os.path.exists(root):
         raise DatasetError(f"{kind} {root} does not exist.\n{EXPECTED_LAYOUT}")
@@ -267,7 +299,7 @@ def scan_root(root: str, caption_extension: str, is_reg: bool):
 
     subsets, unprefixed, skipped, warnings = [], [], [], []
     for folder in (e for e in entries if e.is_dir()):
-        parsed = parse_repeat_folder_name(folder.name)
+        parsed = folder_repeats(folder.name, overrides, used)
         if parsed is None:
             unprefixed.append(folder.name)
             continue
@@ -281,6 +313,32 @@ def scan_root(root: str, caption_extension: str, is_reg: bool):
     if not subsets:
         raise DatasetError(no_subset_message(root, entries, unprefixed, skipped, kind))
     return subsets, unprefixed, skipped, warnings
+
+
+def check_unique_names(subsets) -> None:
+    names = [subset.name for subset in subsets]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DatasetError(f"Two dataset folders have a sub-folder named {', '.join(twice)}; kohya keys a run's "
+                           "records (ss_dataset_dirs, tag counts) by sub-folder name, so rename one of them.")
+
+
+def parse_repeats_override(text: str) -> dict[str, int]:
+    """'sks dog=5, style = 2' (commas or new lines) -> {'sks dog': 5, 'style': 2}; ConfigError-free: DatasetError."""
+    overrides = {}
+    for part in text.replace("\n", ",").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.rpartition("=")
+        try:
+            repeats = int(value)
+        except ValueError:
+            repeats = 0
+        if not sep or not name.strip() or repeats < 1:
+            raise DatasetError(f"Cannot read {part.strip()!r} in repeats: write 'folder=N' with N of 1 or more, "
+                               "e.g. '10_sks dog=5, style=2' (a folder by its full name or the part after N_).")
+        overrides[name.strip()] = repeats
+    return overrides
 
 
 def no_subset_message(root: str, entries, unprefixed: list[str], skipped: list[Skipped],
