@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .bucket_cache import LoRABucketCacheLatents
 from .configure_lora import LoRAConfigure
+from .dataset_from_images import LoRADatasetFromImages
 from .load_dataset import LoRALoadDatasetFolder
 from .optimizer import LoRAOptimizer
 from .save_safetensors import LoRASaveSafetensors
@@ -13,6 +14,7 @@ from .train import LoRATrain
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
     LoRALoadDatasetFolder,
+    LoRADatasetFromImages,
     LoRABucketCacheLatents,
     LoRAConfigure,
     LoRAOptimizer,

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .dataset import Dataset, Skipped
 from .dataset.buckets import BucketChoice, BucketSettings, Size, select_bucket
@@ -125,7 +126,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
             batch, chunk, images = planned[bucket][start:start + vae_batch_size], [], []
             for item in batch:
                 try:
-                    images.append(resize_and_crop(open_rgb(item[1].path, transparent_on_white), item[2],
+                    images.append(resize_and_crop(entry_image(item[1], transparent_on_white), item[2],
                                                   interpolation))
                     chunk.append(item)
                 except UnreadableImage as exc:       # corrupt past its header: found only now, before training
@@ -165,6 +166,13 @@ def balance_regularization(buckets: dict[Size, list[CachedSample]], dataset: Dat
         if kept:
             balanced[size] = kept
     return balanced
+
+
+def entry_image(entry, transparent_on_white: bool) -> Image.Image:
+    """The entry's picture: pixels it carries (images from the graph), else its file, decoded."""
+    if entry.pixels is not None:
+        return Image.fromarray(entry.pixels, "RGB")
+    return open_rgb(entry.path, transparent_on_white)
 
 
 def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[CachedSample]:

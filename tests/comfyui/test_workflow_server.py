@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from tests.helpers import make_kohya_folder, make_messy_folder
@@ -23,6 +25,7 @@ NODE_IDS = {
     "LoRATrain": ("Train", ["MODEL", "CLIP", "LORA_LATENTS", "LORA_NETWORK", "LORA_OPTIMIZER"],
                   ["MODEL", "CLIP", "TRAINED_LORA", "IMAGE", "STRING"]),
     "LoRASaveSafetensors": ("Save Safetensors", ["TRAINED_LORA"], []),
+    "LoRADatasetFromImages": ("Dataset from Images", ["IMAGE"], ["LORA_DATASET"]),
 }
 
 
@@ -37,6 +40,10 @@ def server(tmp_path_factory):
     os.makedirs(base / "input" / "empty_dataset")
     make_messy_folder(str(base / "input" / "messy"))
     make_kohya_folder(str(base / "input" / "reg"), {"1_dog": [(64, 64)] * 4})
+    graph_set = make_kohya_folder(str(base / "input" / "graphset"), {"3_sks dog": [(64, 64)] * 3},
+                                  {"3_sks dog/0": "a photo of sks dog", "3_sks dog/1": "sks dog on grass"})
+    for index in range(3):                       # the same files where ComfyUI's LoadImage lists them
+        shutil.copy(os.path.join(graph_set, "3_sks dog", f"{index}.png"), base / "input" / f"graphset_{index}.png")
     running = ComfyServer(str(base)).start()
     yield running
     running.stop()
@@ -212,6 +219,30 @@ def test_two_dataset_folders_chained_train_together_with_overridden_repeats(serv
     assert json.loads(metadata["ss_dataset_dirs"]) == {"3_sks dog": {"n_repeats": 3, "img_count": 3},
                                                       "1_dog": {"n_repeats": 2, "img_count": 4}}
     assert metadata["ss_num_train_images"] == str(3 * 3 + 4 * 2)
+
+
+def test_dataset_from_images_trains_the_same_lora_as_the_same_folder(server):
+    """Images through ComfyUI's LoadImage and captions as a STRING give the LoRA the folder gives (fp32, one seed)."""
+    from_folder = training_graph("folder_twin", folder="graphset", epochs=1)
+    from_graph = training_graph("graph_twin", epochs=1)
+    for index in range(3):
+        from_graph[f"2{index}"] = {"class_type": "LoadImage", "inputs": {"image": f"graphset_{index}.png"}}
+    from_graph["23"] = {"class_type": "ImageBatch", "inputs": {"image1": ["20", 0], "image2": ["21", 0]}}
+    from_graph["24"] = {"class_type": "ImageBatch", "inputs": {"image1": ["23", 0], "image2": ["22", 0]}}
+    from_graph["2"] = {"class_type": "LoRADatasetFromImages",
+                       "inputs": {"images": ["24", 0], "captions": "a photo of sks dog\nsks dog on grass\n",
+                                  "name": "sks dog", "repeats": 3}}
+    tensors = {}
+    for graph, name in ((from_folder, "folder_twin"), (from_graph, "graph_twin")):
+        entry = server.wait(server.queue(graph))
+        assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+        with safe_open(os.path.join(server.base_dir, "models", "loras", f"{name}.safetensors"), "pt") as handle:
+            tensors[name] = {key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = handle.metadata()
+    assert tensors["folder_twin"].keys() == tensors["graph_twin"].keys()
+    assert all(torch.equal(tensors["folder_twin"][k], tensors["graph_twin"][k]) for k in tensors["folder_twin"])
+    assert any(float(t.abs().max()) > 0 for k, t in tensors["graph_twin"].items() if k.endswith("lora_up.weight"))
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"3_sks dog": {"n_repeats": 3, "img_count": 3}}
 
 
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):

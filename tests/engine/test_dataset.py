@@ -186,3 +186,25 @@ def test_two_datasets_train_together_each_with_its_own_captions(tmp_path):
     assert combined.num_train_images == 12 and str(tmp_path / "style") in combined.describe()
     with pytest.raises(DatasetError, match="sub-folder named 10_sks"):
         combined.combined_with(load_dataset_folder(character, ".txt"))
+
+
+def test_images_from_the_graph_become_a_subset_with_their_captions():
+    import numpy as np
+
+    from trainer.dataset.from_images import dataset_from_pixels, split_captions
+
+    assert split_captions(["a\nb\n"], 3) == ["a", "b", ""]                  # an empty line: the name
+    assert split_captions(["a\r\nb\n"], 2) == ["a", "b"]                    # the editor's last newline
+    assert split_captions(["one for all"], 3) == ["one for all"] * 3
+    assert split_captions(["x", "y"], 2) == ["x", "y"]
+    with pytest.raises(DatasetError, match="3 image\\(s\\) but 2 caption"):
+        split_captions(["x", "y"], 3)
+    pixels = [np.zeros((64, 96, 3), np.uint8), np.full((64, 64, 3), 7, np.uint8)]
+    dataset = dataset_from_pixels(pixels, ["a red car\n"], "sks car", 5)
+    subset = dataset.subsets[0]
+    assert (subset.name, subset.repeats, subset.class_tokens) == ("5_sks car", 5, "sks car")
+    assert [(e.caption, e.size, e.caption_from_file) for e in subset.images] == [
+        ("a red car", (96, 64), True), ("sks car", (64, 64), False)]
+    assert subset.images[0].path != subset.images[1].path and dataset.num_train_images == 10
+    with pytest.raises(DatasetError, match="no images"):
+        dataset_from_pixels([], [], "x", 1)

@@ -47,6 +47,7 @@ class ImageEntry:
     caption: str
     caption_from_file: bool
     size: Size = (0, 0)            # (width, height) from the header, after EXIF rotation
+    pixels: object = field(default=None, repr=False, compare=False)   # [H, W, 3] uint8 for images from the graph
 
 
 @dataclass(frozen=True)
