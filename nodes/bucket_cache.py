@@ -40,12 +40,18 @@ class LoRABucketCacheLatents(io.ComfyNode):
                              tooltip="Images encoded per VAE call; higher is faster and needs more memory."),
                 io.Combo.Input("cache", options=["memory"], default="memory",
                                tooltip="Where latents are kept between runs."),
-                io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto",
+                io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto", optional=True,
                                tooltip="kohya's resize_interpolation. auto: area average to shrink (OpenCV's "
                                        "INTER_AREA, exactly), LANCZOS to enlarge; any other name is used both ways."),
-                io.Combo.Input("transparency", options=list(TRANSPARENCY), default=TRANSPARENCY[0],
+                io.Combo.Input("transparency", options=list(TRANSPARENCY), default=TRANSPARENCY[0], optional=True,
                                tooltip="Transparent pixels: composited on white, or the raw colour stored under "
                                        "them, as kohya trains."),
+                io.Boolean.Input("enable_bucket", default=True, optional=True,
+                                 tooltip="Off: no aspect-ratio buckets; every image is resized to cover the "
+                                         "resolution and centre-cropped to it (kohya's enable_bucket)."),
+                io.Boolean.Input("flip_aug", default=False, optional=True,
+                                 tooltip="Also cache each image mirrored; training takes one of the two at random "
+                                         "(kohya's flip_aug). Doubles the cache's memory."),
             ],
             outputs=[LoraLatents.Output(display_name="latents")],
             hidden=[io.Hidden.unique_id],
@@ -54,14 +60,14 @@ class LoRABucketCacheLatents(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, vae, resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps,
                 bucket_no_upscale, vae_batch_size, cache, resize_interpolation="auto",
-                transparency=TRANSPARENCY[0]) -> io.NodeOutput:
+                transparency=TRANSPARENCY[0], enable_bucket=True, flip_aug=False) -> io.NodeOutput:
         settings = BucketSettings((resolution, resolution), min_bucket_reso, max_bucket_reso, bucket_reso_steps,
-                                  bucket_no_upscale)
+                                  bucket_no_upscale, enable_bucket)
         reporter = ProgressReporter(cls.hidden.unique_id, max(1, dataset.num_images))
         # ComfyUI runs nodes under inference_mode; cached latents must be ordinary tensors for training
         with torch.inference_mode(False), torch.no_grad():
             latents = cache_latents(dataset, ComfyVAEEncoder(vae), settings, vae_batch_size,
                                     progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
                                     interpolation=resize_interpolation,
-                                    transparent_on_white=transparency == TRANSPARENCY[0])
+                                    transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug)
         return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

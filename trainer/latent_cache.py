@@ -39,6 +39,7 @@ class CachedSample:
     bucket: Size
     latent: torch.Tensor          # [C, h, w] float32 on CPU, raw VAE output
     is_reg: bool = False          # a regularization image: its loss is weighted by Train's prior_loss_weight
+    latent_flipped: torch.Tensor | None = None   # flip augmentation: the mirrored image's latent
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LatentCache:
     cache_mode: str = "memory"
     skipped: tuple[Skipped, ...] = field(default=())     # images left out while caching, with the reason
     interpolation: str = "auto"                          # kohya's resize_interpolation
+    flip_aug: bool = False                               # each image cached with its mirror image too
 
     @property
     def samples(self) -> list[CachedSample]:
@@ -89,11 +91,12 @@ class LatentCache:
 
 def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSettings, vae_batch_size: int = 1,
                   progress: Callable[[int, int], None] | None = None, interpolation: str = "auto",
-                  transparent_on_white: bool = True) -> LatentCache:
+                  transparent_on_white: bool = True, flip_aug: bool = False) -> LatentCache:
     """Assign buckets, resize and crop, and encode every image; `progress(done, total)` after each batch.
 
     `interpolation` is kohya's resize_interpolation (images.RESIZE_INTERPOLATIONS); `transparent_on_white`
-    off keeps the colour under transparent pixels, as kohya does.
+    off keeps the colour under transparent pixels, as kohya does. `flip_aug` also encodes each image's mirror
+    image; training then takes one of the two at random per sample (kohya's flip_aug with cached latents).
     """
     if interpolation not in RESIZE_INTERPOLATIONS:
         raise ConfigError(f"resize interpolation {interpolation!r} is unknown; choose one of "
@@ -133,7 +136,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
                     skipped.append(Skipped(exc.path, exc.reason))
             done += len(batch)
             if chunk:
-                cached.extend(encode_chunk(encoder, chunk, images))
+                cached.extend(encode_chunk(encoder, chunk, images, flip_aug))
             if progress is not None:
                 progress(done, total)
         if cached:
@@ -147,7 +150,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
     return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, skipped=tuple(skipped),
-                       interpolation=interpolation)
+                       interpolation=interpolation, flip_aug=flip_aug)
 
 
 def balance_regularization(buckets: dict[Size, list[CachedSample]], dataset: Dataset) -> dict[Size, list[CachedSample]]:
@@ -175,18 +178,23 @@ def entry_image(entry, transparent_on_white: bool) -> Image.Image:
     return open_rgb(entry.path, transparent_on_white)
 
 
-def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[CachedSample]:
-    """One VAE batch of same-bucket images -> cached samples; NaN/inf latents are refused by file name."""
+def encode_chunk(encoder: LatentEncoder, chunk: list, images: list, flip_aug: bool = False) -> list[CachedSample]:
+    """One VAE batch of same-bucket images (and their mirrors) -> cached samples; NaN/inf refused by file name."""
+    pixels = to_pixels(images)
+    if flip_aug:
+        pixels = torch.cat([pixels, pixels.flip(2)])        # [B, H, W, C]: mirror along the width
     with torch.no_grad():
-        latents = encoder.encode(to_pixels(images))
+        latents = encoder.encode(pixels)
     latents = latents.detach().to("cpu", torch.float32).clone()
     if not torch.isfinite(latents).all():
-        bad = [entry.path for (_, entry, _, _), lat in zip(chunk, latents) if not torch.isfinite(lat).all()]
+        finite = torch.isfinite(latents.flatten(1)).all(dim=1).view(-1, len(chunk)).all(dim=0)
+        bad = [entry.path for (_, entry, _, _), ok in zip(chunk, finite) if not ok]
         raise TrainerError(f"The VAE produced NaN/inf latents for {', '.join(bad)}. An fp16 VAE is the usual "
                            "cause (the SDXL VAE in particular): load the VAE in fp32 or use an fp16-fix VAE.")
+    flipped = latents[len(chunk):] if flip_aug else [None] * len(chunk)
     return [CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
-                         subset.is_reg)
-            for (subset, entry, choice, size), latent in zip(chunk, latents)]
+                         subset.is_reg, mirror)
+            for (subset, entry, choice, size), latent, mirror in zip(chunk, latents[:len(chunk)], flipped)]
 
 
 def batches_per_epoch(cache: LatentCache, batch_size: int) -> int:

@@ -244,9 +244,21 @@ class TrainStep:
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
                                "bf16, or close other models; the LoRA up to the previous step was kept.") from None
 
+    def batch_latents(self, batch) -> list[torch.Tensor]:
+        """Each sample's latent; with flip augmentation, the mirrored one for a fair coin per sample (kohya).
+
+        The coins come from the step's generator only when the cache has mirrors, so runs without flip draw
+        exactly the noise they drew before, and a resumed run draws the same coins.
+        """
+        if all(sample.latent_flipped is None for sample in batch):
+            return [sample.latent for sample in batch]
+        coins = torch.rand(len(batch), generator=self.generator) < 0.5
+        return [sample.latent_flipped if flip and sample.latent_flipped is not None else sample.latent
+                for sample, flip in zip(batch, coins.tolist())]
+
     def _run(self, batch, step: int) -> float:
         device, denoiser = self.device, self.denoiser
-        raw = torch.stack([sample.latent for sample in batch]).to(device)
+        raw = torch.stack(self.batch_latents(batch)).to(device)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)

@@ -47,7 +47,9 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
     data = hashlib.sha256()
     for size, samples in sorted(cache.buckets.items()):
         for sample in samples:
-            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}|{sample.is_reg}\n".encode())
+            flipped = sample.latent_flipped is not None
+            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}|{sample.is_reg}|{flipped}\n"
+                        .encode())
     return {
         "steps": [plan.batches_per_epoch, plan.epochs, plan.total_steps],
         "batch_size": settings.batch_size, "seed": settings.seed, "precision": settings.precision,

@@ -67,3 +67,13 @@ def test_image_too_small_for_no_upscale_is_named(tmp_path):
     with pytest.raises(DatasetError, match="0.png: 40x600 is smaller than one bucket step"):
         cache_latents(load_dataset_folder(root), encoder=None,
                       settings=BucketSettings((512, 512), 256, 1024, 64, no_upscale=True))
+
+
+@pytest.mark.parametrize("size, resized", [((1920, 1080), (910, 512)), ((300, 800), (512, 1365)),
+                                           ((512, 512), (512, 512)), ((256, 128), (1024, 512))])
+def test_buckets_off_resize_every_image_to_cover_the_resolution(size, resized):
+    settings = BucketSettings((512, 512), enabled=False).validated()
+    choice = select_bucket(settings, *size)
+    assert choice.bucket == (512, 512) and choice.resized == resized          # upscaling too, as kohya's cache
+    image = resize_and_crop(Image.new("RGB", size), choice)
+    assert image.size == (512, 512)

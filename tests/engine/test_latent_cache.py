@@ -41,3 +41,25 @@ def test_regularization_images_are_balanced_weighted_and_recorded(tmp_path, tiny
     # with prior_loss_weight 0 the reg steps add nothing: the loss recorded for them is 0
     result = train_lora(tiny_trainable, cache, NetworkConfig(rank=2), OptimizerConfig(), settings)
     assert sum(1 for loss in result.progress.losses if loss == 0.0) == 6
+
+
+def test_flip_augmentation_caches_the_mirror_and_trains_on_both(tmp_path, tiny_vae_encoder, tiny_trainable):
+    import torch
+
+    from tests.helpers import make_kohya_folder
+    from trainer.dataset.images import open_rgb, to_pixels
+    from trainer.loop import TrainStep
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"4_x": [(64, 64), (64, 64)]})
+    dataset = load_dataset_folder(root)
+    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64), flip_aug=True)
+    sample = cache.samples[0]
+    mirrored = tiny_vae_encoder.encode(to_pixels([open_rgb(sample.image_path)]).flip(2))[0]
+    assert torch.allclose(sample.latent_flipped, mirrored, atol=1e-5)
+    assert not torch.allclose(sample.latent_flipped, sample.latent)
+    stepper = TrainStep.__new__(TrainStep)
+    stepper.generator = torch.Generator().manual_seed(0)
+    picked = [stepper.batch_latents(cache.samples)[0] is sample.latent_flipped for _ in range(40)]
+    assert 5 < sum(picked) < 35                                  # a fair coin per sample and step
+    plain = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
+    assert all(s.latent_flipped is None for s in plain.samples) and not plain.flip_aug

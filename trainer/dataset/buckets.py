@@ -41,9 +41,17 @@ class BucketSettings:
     max_bucket_reso: int = 1024
     bucket_reso_steps: int = 64
     no_upscale: bool = False
+    enabled: bool = True             # kohya's enable_bucket; off: one bucket, the resolution itself
 
     def validated(self) -> "BucketSettings":
         """Round min down / max up to the step, and check the resolution fits, as kohya does."""
+        if not self.enabled:
+            # kohya: a single bucket (W, H) = resolution; every image resized to cover it and centre-cropped
+            width, height = self.resolution
+            if width < 64 or height < 64:
+                raise ConfigError(f"resolution {width}x{height} is too small; use at least 64 (512 for SD1.x).")
+            return BucketSettings(self.resolution, min(self.resolution), max(self.resolution),
+                                  self.bucket_reso_steps, False, False)
         step = self.bucket_reso_steps
         if step < 8 or step % 8:
             raise ConfigError(f"bucket_reso_steps is {step}; it must be a positive multiple of 8 "
@@ -64,6 +72,8 @@ class BucketSettings:
 
     @cached_property
     def predefined(self) -> list[Size]:
+        if not self.enabled:
+            return [tuple(self.resolution)]
         return make_bucket_resolutions(self.resolution, self.min_bucket_reso, self.max_bucket_reso,
                                        self.bucket_reso_steps)
 
