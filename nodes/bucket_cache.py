@@ -65,9 +65,13 @@ class LoRABucketCacheLatents(io.ComfyNode):
                                   bucket_no_upscale, enable_bucket)
         reporter = ProgressReporter(cls.hidden.unique_id, max(1, dataset.num_images))
         # ComfyUI runs nodes under inference_mode; cached latents must be ordinary tensors for training
+        encoder = ComfyVAEEncoder(vae)
         with torch.inference_mode(False), torch.no_grad():
-            latents = cache_latents(dataset, ComfyVAEEncoder(vae), settings, vae_batch_size,
-                                    progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
-                                    interpolation=resize_interpolation,
-                                    transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug)
+            try:
+                latents = cache_latents(dataset, encoder, settings, vae_batch_size,
+                                        progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
+                                        interpolation=resize_interpolation,
+                                        transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug)
+            finally:
+                encoder.release()
         return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

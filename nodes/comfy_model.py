@@ -62,6 +62,23 @@ class ComfyVAEEncoder:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels)
 
+    def release(self) -> None:
+        """Take the VAE off the GPU once caching is done; the UNet needs the room, other models stay."""
+        release_from_device(getattr(self.vae, "patcher", None))
+
+
+def release_from_device(patcher) -> None:
+    """Unload one model ComfyUI loaded (as its memory manager would under pressure), leaving the rest loaded."""
+    import comfy.model_management as mm
+
+    if patcher is None:
+        return
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+
 
 def prediction_type_of(sampling) -> str:
     """From the model_sampling object the sampler uses, so ModelSamplingDiscrete overrides count."""

@@ -131,3 +131,19 @@ def test_a_linked_dataset_folder_input_always_rereads_the_folder(pack):
 
     # the executor fingerprints before upstream nodes ran, so a linked input is None here
     assert math.isnan(LoRALoadDatasetFolder.fingerprint_inputs(None, ".txt"))
+
+
+def test_the_vae_leaves_the_device_once_caching_is_done(comfy, pack, tiny):
+    import comfy.model_management as mm
+
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
+
+    with torch.inference_mode():
+        vae, other = tiny.vae(seed=21), tiny.vae(seed=22)
+        encoder = ComfyVAEEncoder(vae)
+        encoder.encode(torch.rand(1, 64, 64, 3))
+        other.encode(torch.rand(1, 64, 64, 3))
+    assert any(loaded.model is vae.patcher for loaded in mm.current_loaded_models)
+    encoder.release()
+    assert not any(loaded.model is vae.patcher for loaded in mm.current_loaded_models)
+    assert any(loaded.model is other.patcher for loaded in mm.current_loaded_models)   # others stay
