@@ -7,8 +7,8 @@ from comfy_api.latest import io, ui
 
 from ..trainer.dataset.buckets import BucketSettings
 from ..trainer.dataset.images import RESIZE_INTERPOLATIONS
-from ..trainer.latent_cache import cache_latents
-from .comfy_host import ProgressReporter
+from ..trainer.latent_cache import CACHE_MODES, cache_latents
+from .comfy_host import ProgressReporter, latent_cache_fallback_folder
 from .comfy_model import ComfyVAEEncoder
 from .wire_types import CATEGORY, LoraDataset, LoraLatents
 
@@ -38,8 +38,11 @@ class LoRABucketCacheLatents(io.ComfyNode):
                                  tooltip="Never enlarge small images; buckets follow each image's own size."),
                 io.Int.Input("vae_batch_size", default=1, min=1, max=64,
                              tooltip="Images encoded per VAE call; higher is faster and needs more memory."),
-                io.Combo.Input("cache", options=["memory"], default="memory",
-                               tooltip="Where latents are kept between runs."),
+                io.Combo.Input("cache", options=list(CACHE_MODES), default="memory",
+                               tooltip="memory: encoded on every (re)run of this node. disk: also kept as kohya "
+                                       ".npz files beside the images (readable by kohya) and reused while the image, "
+                                       "bucket, resize, flip and VAE are unchanged; only what changed is "
+                                       "re-encoded."),
                 io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto", optional=True,
                                tooltip="kohya's resize_interpolation. auto: area average to shrink (OpenCV's "
                                        "INTER_AREA, exactly), LANCZOS to enlarge; any other name is used both ways."),
@@ -71,7 +74,8 @@ class LoRABucketCacheLatents(io.ComfyNode):
                 latents = cache_latents(dataset, encoder, settings, vae_batch_size,
                                         progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
                                         interpolation=resize_interpolation,
-                                        transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug)
+                                        transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug,
+                                        cache_mode=cache, fallback_folder=latent_cache_fallback_folder())
             finally:
                 encoder.release()
         return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

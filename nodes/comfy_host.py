@@ -28,6 +28,13 @@ def run_data_folder(run_name: str) -> str:
     return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, run_name)
 
 
+def latent_cache_fallback_folder() -> str:
+    """output/lora-trainer/cache/: disk-cached latents of image folders that cannot be written to."""
+    import folder_paths
+
+    return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, "cache")
+
+
 def resolve_dataset_folder(path: str) -> str:
     """An absolute path as is; a relative one under ComfyUI's input folder."""
     import folder_paths

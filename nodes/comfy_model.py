@@ -11,6 +11,7 @@ import torch
 from ..trainer.errors import ModelError
 from ..trainer.interfaces import TrainableModel
 from ..trainer.kohya_names import transformer_targets
+from ..trainer.latent_disk import module_identity
 
 # ComfyUI's class for what kohya (and diffusers) call Transformer2DModel
 COMFY_TRANSFORMER_CLASSES = ("SpatialTransformer",)
@@ -61,6 +62,10 @@ class ComfyVAEEncoder:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels)
+
+    def identity(self) -> str:
+        """Names the VAE's weights, so latents it wrote to disk are told apart from another VAE's."""
+        return module_identity(self.vae.first_stage_model)
 
     def release(self) -> None:
         """Take the VAE off the GPU once caching is done; the UNet needs the room, other models stay."""

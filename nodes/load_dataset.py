@@ -13,13 +13,19 @@ from .wire_types import CATEGORY, LoraDataset
 
 
 def folder_signature(root: str) -> str:
-    """Names, sizes and modification times of the folder's files, so edits re-run the node."""
+    """Names, sizes and modification times of the folder's files, so edits re-run the node.
+
+    The latent cache's own files (.npz, and half-written .partial-*) are left out: writing them must not
+    make ComfyUI re-run the dataset and everything after it.
+    """
     digest = hashlib.sha256()
     if not os.path.isdir(root):
         return "missing:" + root
     for current, folders, files in os.walk(root):
         folders.sort()
         for name in sorted(files):
+            if name.endswith(".npz") or name.startswith(".partial-"):
+                continue
             path = os.path.join(current, name)
             try:
                 stat = os.stat(path)

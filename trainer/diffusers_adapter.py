@@ -12,6 +12,7 @@ from torch import nn
 
 from .interfaces import TrainableModel
 from .kohya_names import transformer_targets
+from .latent_disk import module_identity
 from .objective import scaled_linear_alphas_cumprod
 
 SD1_LATENT_SCALE = 0.18215
@@ -44,6 +45,9 @@ class DiffusersVAEEncoder:
         param = next(self.vae.parameters())
         images = (pixels.permute(0, 3, 1, 2) * 2.0 - 1.0).to(param.device, param.dtype)
         return self.vae.encode(images).latent_dist.mean
+
+    def identity(self) -> str:
+        return module_identity(self.vae)
 
 
 class FunctionCaptionEncoder:

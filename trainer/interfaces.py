@@ -41,9 +41,14 @@ class CaptionEncoder(Protocol):
 
 
 class LatentEncoder(Protocol):
-    """Turns images [B, H, W, 3] in 0..1 into raw (unscaled) VAE latents [B, C, H/8, W/8]."""
+    """Turns images [B, H, W, 3] in 0..1 into raw (unscaled) VAE latents [B, C, H/8, W/8].
+
+    An encoder that also has `identity() -> str` (a name for its weights) can keep latents on disk: a file
+    made by another VAE is then told apart and re-encoded.
+    """
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
 
 
 @dataclass

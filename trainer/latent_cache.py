@@ -25,8 +25,11 @@ from .dataset.images import RESIZE_INTERPOLATIONS, UnreadableImage, open_rgb, re
 from .dataset.regularization import balanced_reg_repeats
 from .errors import ConfigError, DatasetError, TrainerError
 from .interfaces import LatentEncoder
+from .latent_disk import DiskLatentStore
 
 logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("memory", "disk")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class LatentCache:
     skipped: tuple[Skipped, ...] = field(default=())     # images left out while caching, with the reason
     interpolation: str = "auto"                          # kohya's resize_interpolation
     flip_aug: bool = False                               # each image cached with its mirror image too
+    disk_counts: tuple[int, int] = (0, 0)                # disk cache: (latents read back, latents written)
 
     @property
     def samples(self) -> list[CachedSample]:
@@ -83,6 +87,8 @@ class LatentCache:
 
     def describe(self) -> str:
         lines = [f"{len(self.samples)} image(s) in {len(self.buckets)} bucket(s), latents in {self.cache_mode}"]
+        if self.cache_mode == "disk":
+            lines[0] += f" ({self.disk_counts[0]} read from .npz files, {self.disk_counts[1]} encoded and written)"
         for size, count in sorted(self.bucket_counts().items()):
             lines.append(f"  bucket {size[0]}x{size[1]}: {count} with repeats")
         lines.extend(describe_skips(self.skipped))
@@ -91,13 +97,26 @@ class LatentCache:
 
 def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSettings, vae_batch_size: int = 1,
                   progress: Callable[[int, int], None] | None = None, interpolation: str = "auto",
-                  transparent_on_white: bool = True, flip_aug: bool = False) -> LatentCache:
+                  transparent_on_white: bool = True, flip_aug: bool = False, cache_mode: str = "memory",
+                  fallback_folder: str | None = None) -> LatentCache:
     """Assign buckets, resize and crop, and encode every image; `progress(done, total)` after each batch.
 
     `interpolation` is kohya's resize_interpolation (images.RESIZE_INTERPOLATIONS); `transparent_on_white`
     off keeps the colour under transparent pixels, as kohya does. `flip_aug` also encodes each image's mirror
     image; training then takes one of the two at random per sample (kohya's flip_aug with cached latents).
+    `cache_mode` "disk" also keeps kohya `.npz` files beside the images (or under `fallback_folder` where the
+    image folder is read-only) and reuses those that still match; the latents are held in memory either way.
     """
+    if cache_mode not in CACHE_MODES:
+        raise ConfigError(f"cache {cache_mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}.")
+    disk = None
+    if cache_mode == "disk":
+        identity = getattr(encoder, "identity", None)
+        if identity is None:
+            raise ConfigError("This VAE cannot name itself, so latents on disk could not be matched to it; "
+                              "use cache 'memory'.")
+        disk = DiskLatentStore(identity(), {"interpolation": interpolation, "flip": flip_aug,
+                                            "transparent_on_white": transparent_on_white}, fallback_folder)
     if interpolation not in RESIZE_INTERPOLATIONS:
         raise ConfigError(f"resize interpolation {interpolation!r} is unknown; choose one of "
                           f"{', '.join(RESIZE_INTERPOLATIONS)}.")
@@ -124,23 +143,38 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     buckets: dict[Size, list[CachedSample]] = {}
     # smallest buckets first, as kohya sorts by area before caching
     for bucket in sorted(planned, key=lambda b: (b[0] * b[1], b)):
-        cached = []
-        for start in range(0, len(planned[bucket]), vae_batch_size):
-            batch, chunk, images = planned[bucket][start:start + vae_batch_size], [], []
-            for item in batch:
+        items = planned[bucket]
+        ready: dict[int, CachedSample] = {}
+        to_encode = []
+        for index, item in enumerate(items):
+            source = disk_source(disk, item)
+            stored = from_disk(disk, item, source)
+            if stored is not None:
+                ready[index] = stored
+                done += 1
+            else:
+                to_encode.append((index, item, source))
+        if progress is not None and ready:
+            progress(done, total)
+        for start in range(0, len(to_encode), vae_batch_size):
+            batch, chunk, images = to_encode[start:start + vae_batch_size], [], []
+            for index, item, source in batch:
                 try:
                     images.append(resize_and_crop(entry_image(item[1], transparent_on_white), item[2],
                                                   interpolation))
-                    chunk.append(item)
+                    chunk.append((index, item, source))
                 except UnreadableImage as exc:       # corrupt past its header: found only now, before training
                     skipped.append(Skipped(exc.path, exc.reason))
             done += len(batch)
             if chunk:
-                cached.extend(encode_chunk(encoder, chunk, images, flip_aug))
+                samples = encode_chunk(encoder, [item for _, item, _ in chunk], images, flip_aug)
+                for (index, item, source), sample in zip(chunk, samples):
+                    ready[index] = sample
+                    to_disk(disk, item, source, sample)
             if progress is not None:
                 progress(done, total)
-        if cached:
-            buckets[bucket] = cached
+        if ready:
+            buckets[bucket] = [ready[index] for index in sorted(ready)]      # the folder's order, as planned
 
     for item in skipped:
         logger.warning("lora-trainer caching: skipped %s", item.describe())
@@ -149,8 +183,40 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
         raise DatasetError(f"No image of {dataset.root} could be cached:\n{reasons}")
     buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
-    return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, skipped=tuple(skipped),
-                       interpolation=interpolation, flip_aug=flip_aug)
+    cache = LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode,
+                        tuple(skipped), interpolation, flip_aug)
+    if disk is not None:
+        cache.disk_counts = (disk.loaded, disk.written)
+    return cache
+
+
+def disk_source(disk: DiskLatentStore | None, item) -> dict | None:
+    """What the image's latent on disk must have been made from; None when it has no place on disk."""
+    _, entry, choice, _ = item
+    if disk is None or entry.pixels is not None:      # images from the graph have no folder to cache beside
+        return None
+    try:
+        return disk.source(entry.path, choice)
+    except OSError:
+        return None
+
+
+def from_disk(disk: DiskLatentStore | None, item, source: dict | None) -> CachedSample | None:
+    subset, entry, choice, size = item
+    stored = disk.load(entry.path, size, source, disk.settings_key["flip"]) if source is not None else None
+    if stored is None:
+        return None
+    latent, flipped = stored
+    return CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
+                        subset.is_reg, flipped)
+
+
+def to_disk(disk: DiskLatentStore | None, item, source: dict | None, sample: CachedSample) -> None:
+    _, entry, choice, size = item
+    if source is None:
+        return
+    if disk.save(entry.path, size, choice, source, sample.latent, sample.latent_flipped) is None:
+        logger.warning("lora-trainer caching: could not write the latent cache of %s anywhere", entry.path)
 
 
 def balance_regularization(buckets: dict[Size, list[CachedSample]], dataset: Dataset) -> dict[Size, list[CachedSample]]:

@@ -245,6 +245,23 @@ def test_dataset_from_images_trains_the_same_lora_as_the_same_folder(server):
     assert json.loads(metadata["ss_dataset_dirs"]) == {"3_sks dog": {"n_repeats": 3, "img_count": 3}}
 
 
+def test_disk_cache_is_reused_by_the_next_queue_and_does_not_retrigger_the_dataset(server):
+    graph = training_graph("disk_lora", folder="graphset", epochs=1)
+    graph["3"]["inputs"]["cache"] = "disk"
+    first = server.wait(server.queue(graph))
+    assert first["status"]["status_str"] == "success", (error_message(first), server.read_log()[-3000:])
+    assert "0 read from .npz files, 3 encoded and written" in first["outputs"]["3"]["text"][0]
+    folder = os.path.join(server.base_dir, "input", "graphset", "3_sks dog")
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".npz")) == [
+        f"{i}_0064x0064_sd.npz" for i in range(3)]
+    graph["3"]["inputs"]["vae_batch_size"] = 3                  # re-runs the cache node, not the dataset node
+    second = server.wait(server.queue(graph))
+    assert second["status"]["status_str"] == "success", error_message(second)
+    cached = [data for kind, data in second["status"]["messages"] if kind == "execution_cached"]
+    assert "2" in cached[0]["nodes"], "writing .npz files made the dataset node run again"
+    assert "3 read from .npz files, 0 encoded and written" in second["outputs"]["3"]["text"][0]
+
+
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120

@@ -63,3 +63,79 @@ def test_flip_augmentation_caches_the_mirror_and_trains_on_both(tmp_path, tiny_v
     assert 5 < sum(picked) < 35                                  # a fair coin per sample and step
     plain = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
     assert all(s.latent_flipped is None for s in plain.samples) and not plain.flip_aug
+
+
+def disk_cache(dataset, encoder, **options):
+    return cache_latents(dataset, encoder, BucketSettings((64, 64), 64, 128), cache_mode="disk", **options)
+
+
+def test_disk_cache_encodes_once_then_only_what_changed(tmp_path, tiny_vae_encoder):
+    import numpy as np
+    import torch
+
+    from tests.helpers import make_kohya_folder, write_image
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"2_x": [(64, 64), (64, 128), (64, 64)]})
+    calls = []
+
+    class CountingEncoder:
+        def encode(self, pixels):
+            calls.append(pixels.shape[0])
+            return tiny_vae_encoder.encode(pixels)
+
+        def identity(self):
+            return tiny_vae_encoder.identity()
+
+    encoder = CountingEncoder()
+    first = disk_cache(load_dataset_folder(root), encoder)
+    assert sum(calls) == 3 and first.disk_counts == (0, 3)
+    npz = tmp_path / "set" / "2_x" / "1_0064x0128_sd.npz"                   # kohya's name: original size
+    with np.load(npz) as stored:                                            # kohya's keys and shapes
+        assert stored["latents"].shape == (4, 8, 8) and stored["latents"].dtype == np.float32
+        assert list(stored["original_size"]) == [64, 128] and list(stored["crop_ltrb"]) == [16, 0, 48, 64]
+    calls.clear()
+    second = disk_cache(load_dataset_folder(root), encoder)
+    assert calls == [] and second.disk_counts == (3, 0) and "3 read from .npz files" in second.describe()
+    for a, b in zip(first.samples, second.samples):
+        assert torch.equal(a.latent, b.latent) and a.image_path == b.image_path
+
+    write_image(str(tmp_path / "set" / "2_x" / "0.png"), (64, 64), seed=99)       # the image's bytes change
+    assert disk_cache(load_dataset_folder(root), encoder).disk_counts == (2, 1) and sum(calls) == 1
+    calls.clear()
+    flipped = disk_cache(load_dataset_folder(root), encoder, flip_aug=True)  # another setting: all again
+    assert flipped.disk_counts == (0, 3) and sum(calls) == 6
+    with np.load(npz) as stored:
+        assert stored["latents_flipped"].shape == (4, 8, 8)
+    resized = cache_latents(load_dataset_folder(root), encoder, BucketSettings((128, 128), enabled=False),
+                            cache_mode="disk", flip_aug=True)               # another resolution: all again
+    assert resized.disk_counts == (0, 3)
+
+
+def test_disk_cache_tells_vaes_apart_and_uses_a_fallback_for_read_only_folders(tmp_path, tiny_vae_encoder,
+                                                                              monkeypatch):
+    import os
+
+    from tests.engine.conftest import tiny_vae
+    from trainer import latent_disk
+    from tests.helpers import make_kohya_folder
+    from trainer.diffusers_adapter import DiffusersVAEEncoder
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"2_x": [(64, 64)]})
+    disk_cache(load_dataset_folder(root), tiny_vae_encoder)
+    other_vae = DiffusersVAEEncoder(tiny_vae(seed=7))
+    assert other_vae.identity() != tiny_vae_encoder.identity()
+    assert disk_cache(load_dataset_folder(root), other_vae).disk_counts == (0, 1)
+
+    locked = make_kohya_folder(str(tmp_path / "locked"), {"1_y": [(64, 64)]})
+    write = latent_disk.write_atomic
+
+    def read_only_dataset(path, data):                  # as a read-only folder answers (root ignores chmod)
+        if path.startswith(locked):
+            raise PermissionError(13, "Permission denied", path)
+        write(path, data)
+
+    monkeypatch.setattr(latent_disk, "write_atomic", read_only_dataset)
+    fallback = str(tmp_path / "fallback")
+    assert disk_cache(load_dataset_folder(locked), tiny_vae_encoder, fallback_folder=fallback).disk_counts == (0, 1)
+    assert not [name for name in os.listdir(os.path.join(locked, "1_y")) if name.endswith(".npz")]
+    assert disk_cache(load_dataset_folder(locked), tiny_vae_encoder, fallback_folder=fallback).disk_counts == (1, 0)

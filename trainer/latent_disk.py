@@ -1,0 +1,123 @@
+"""The latent cache on disk: kohya's `.npz` files beside the images, reused only while they still match.
+
+kohya's file: `<image stem>_<WWWW>x<HHHH>_sd.npz` (the original size, 4 digits), keys `latents` (C, h, w)
+float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b], and `latents_flipped` with flip augmentation;
+kohya's own trainer reads our files. kohya reuses a file when the keys are there; we also store what the
+latent was made from (`lora_trainer_source`: the image file's bytes hash, bucket, resize, transparency,
+flip, the VAE's identity) and re-encode when any of it changed. A folder we cannot write to gets its files
+under a fallback folder instead, named by the image's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+import torch
+
+from .atomic_files import write_atomic
+from .dataset.buckets import BucketChoice, Size
+
+SOURCE_KEY = "lora_trainer_source"
+
+
+def npz_name(image_path: str, original_size: Size, suffix: str = "sd") -> str:
+    width, height = original_size
+    return f"{os.path.splitext(os.path.basename(image_path))[0]}_{width:04d}x{height:04d}_{suffix}.npz"
+
+
+def crop_ltrb(bucket: Size, original_size: Size) -> tuple[int, int, int, int]:
+    """kohya's BucketManager.get_crop_ltrb: where the image sits inside the bucket when fitted inside it."""
+    bucket_w, bucket_h = bucket
+    image_ar = original_size[0] / original_size[1]
+    if bucket_w / bucket_h > image_ar:
+        width, height = bucket_h * image_ar, bucket_h
+    else:
+        width, height = bucket_w, bucket_w / image_ar
+    left, top = (bucket_w - width) // 2, (bucket_h - height) // 2
+    return int(left), int(top), int(left + width), int(top + height)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of the file's bytes: an edited image is a different image, whatever its modification time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def module_identity(module: torch.nn.Module) -> str:
+    """A cheap name for a network's weights: its class, tensor names and shapes, and a sample of the values."""
+    digest = hashlib.sha256(type(module).__name__.encode())
+    tensors = list(module.state_dict().items())
+    for name, tensor in tensors:
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+    for name, tensor in tensors[:4] + tensors[-4:]:
+        digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+class DiskLatentStore:
+    """Reads and writes one image's latents; `vae_identity` names the VAE that made them."""
+
+    def __init__(self, vae_identity: str, settings_key: dict, fallback_folder: str | None = None):
+        self.vae_identity = vae_identity
+        self.settings_key = settings_key          # interpolation, transparency, flip: the same for every image
+        self.fallback_folder = fallback_folder
+        self.loaded = 0
+        self.written = 0
+
+    def source(self, image_path: str, choice: BucketChoice) -> dict:
+        return {"image_sha256": file_digest(image_path), "bucket": list(choice.bucket),
+                "resized": list(choice.resized), "vae": self.vae_identity, **self.settings_key}
+
+    def candidates(self, image_path: str, original_size: Size) -> list[str]:
+        name = npz_name(image_path, original_size)
+        paths = [os.path.join(os.path.dirname(image_path), name)]
+        if self.fallback_folder:
+            folder_key = hashlib.sha1(os.path.abspath(os.path.dirname(image_path)).encode()).hexdigest()[:16]
+            paths.append(os.path.join(self.fallback_folder, folder_key, name))
+        return paths
+
+    def load(self, image_path: str, original_size: Size, source: dict, flip: bool):
+        """(latent, flipped latent or None) from a file that still matches `source`; None when there is none."""
+        for path in self.candidates(image_path, original_size):
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    if SOURCE_KEY not in stored or json.loads(str(stored[SOURCE_KEY])) != source:
+                        continue
+                    latent = torch.from_numpy(np.array(stored["latents"], dtype=np.float32))
+                    flipped = (torch.from_numpy(np.array(stored["latents_flipped"], dtype=np.float32))
+                               if flip and "latents_flipped" in stored else None)
+            except (OSError, ValueError, KeyError):
+                continue                            # missing, unreadable or foreign: encode afresh
+            if flip and flipped is None:
+                continue
+            if not (torch.isfinite(latent).all() and (flipped is None or torch.isfinite(flipped).all())):
+                continue
+            self.loaded += 1
+            return latent, flipped
+        return None
+
+    def save(self, image_path: str, original_size: Size, choice: BucketChoice, source: dict,
+             latent: torch.Tensor, flipped: torch.Tensor | None) -> str | None:
+        """Write beside the image, else under the fallback folder; the path written, or None if neither could be."""
+        arrays = {"latents": latent.numpy().astype(np.float32), "original_size": np.array(original_size),
+                  "crop_ltrb": np.array(crop_ltrb(choice.bucket, original_size)),
+                  SOURCE_KEY: np.array(json.dumps(source, sort_keys=True))}
+        if flipped is not None:
+            arrays["latents_flipped"] = flipped.numpy().astype(np.float32)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        for path in self.candidates(image_path, original_size):
+            try:
+                write_atomic(path, buffer.getvalue())
+            except OSError:
+                continue
+            self.written += 1
+            return path
+        return None
