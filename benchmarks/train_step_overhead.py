@@ -18,7 +18,8 @@ from trainer.latent_cache import CachedSample
 from trainer.loop import TrainStep, frozen
 from trainer.network import LoRANetwork, NetworkConfig
 from trainer.optim import OptimizerConfig, build_optimizer
-from trainer.diffusers_adapter import DiffusersUNetDenoiser
+from trainer.text_contexts import CaptionContexts
+from trainer.diffusers_adapter import DiffusersUNetDenoiser, FunctionCaptionEncoder
 
 
 def build_unet(device: str):
@@ -50,7 +51,8 @@ def main() -> None:
     context = torch.randn(1, 77, 128)
     samples = [CachedSample(f"img{i}", "caption", 1, "set", (256, 256), (256, 256),
                             torch.randn(4, args.size, args.size)) for i in range(args.batch)]
-    step = TrainStep(denoiser, network, optimizer, OptimizerConfig(), {"caption": context}, "fp32", seed=0)
+    captions = CaptionContexts(FunctionCaptionEncoder(lambda caption: context), samples, torch.device(device), seed=0)
+    step = TrainStep(denoiser, network, optimizer, OptimizerConfig(), captions, "fp32", seed=0)
 
     x = torch.randn(args.batch, 4, args.size, args.size, device=device)
     t = torch.randint(0, 1000, (args.batch,), device=device)
@@ -63,7 +65,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     def engine() -> None:
-        step(samples, 1)
+        step(samples, 1, ["caption"] * len(samples))
 
     def timed(fn) -> float:
         if device.type == "cuda":

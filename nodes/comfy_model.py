@@ -167,9 +167,11 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
     base = patcher.model
     targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config)
 
-    def load_unet() -> None:
-        # after the captions are encoded, so loading CLIP cannot push the UNet back off the GPU
-        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    def load_unet(keep_text_encoder: bool) -> None:
+        # after the fixed captions are encoded, so loading CLIP cannot push the UNet back off the GPU; when
+        # captions change per step, CLIP is loaded with it, so encoding one cannot unload the UNet mid-run
+        models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
+        comfy.model_management.load_models_gpu(models, force_full_load=True)
 
     return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip),
                           prepare=load_unet)

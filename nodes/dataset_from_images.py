@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..trainer.dataset.from_images import dataset_from_pixels
+from .caption_inputs import caption_option_inputs, caption_options_from
 from .wire_types import CATEGORY, LoraDataset
 
 
@@ -43,14 +44,17 @@ class LoRADatasetFromImages(io.ComfyNode):
                 io.Int.Input("repeats", default=10, min=1, max=10000, tooltip="Repeats per epoch, like N_."),
                 LoraDataset.Input("add_to", optional=True,
                                   tooltip="Another dataset to train together with these images."),
+                *caption_option_inputs(),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
-    def execute(cls, images, captions, name, repeats, add_to=None) -> io.NodeOutput:
+    def execute(cls, images, captions, name, repeats, add_to=None, **caption_settings) -> io.NodeOutput:
         # is_input_list: every input arrives as a list (images: one tensor per upstream item)
-        dataset = dataset_from_pixels(to_uint8_images(images), [str(c) for c in captions], name[0], int(repeats[0]))
+        options = caption_options_from({key: values[0] for key, values in caption_settings.items()})
+        dataset = dataset_from_pixels(to_uint8_images(images), [str(c) for c in captions], name[0], int(repeats[0]),
+                                      options)
         if add_to:
             dataset = add_to[0].combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -8,6 +8,7 @@ import os
 from comfy_api.latest import io, ui
 
 from ..trainer.dataset import load_dataset_folder
+from .caption_inputs import caption_option_inputs, caption_options_from
 from .comfy_host import resolve_dataset_folder
 from .wire_types import CATEGORY, LoraDataset
 
@@ -61,12 +62,14 @@ class LoRALoadDatasetFolder(io.ComfyNode):
                 LoraDataset.Input("add_to", optional=True,
                                   tooltip="Another dataset to train together with this folder, e.g. a character "
                                           "folder and a style folder; each keeps its repeats and caption settings."),
+                *caption_option_inputs(),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None):
+    def fingerprint_inputs(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None,
+                           **caption_settings):
         # add_to is covered by the executor's own input signature (it re-runs when the upstream node changes)
         if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder, repeats)):
             # a linked input arrives here as None, before its node ran: always re-read the folder
@@ -74,12 +77,15 @@ class LoRALoadDatasetFolder(io.ComfyNode):
         signature = folder_signature(resolve_dataset_folder(folder)) + caption_extension
         if regularization_folder.strip():
             signature += "|reg:" + folder_signature(resolve_dataset_folder(regularization_folder))
+        # caption settings are ordinary widget values: the executor's input signature covers them
         return signature + "|repeats:" + repeats
 
     @classmethod
-    def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None) -> io.NodeOutput:
+    def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None,
+                **caption_settings) -> io.NodeOutput:
         regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
-        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats)
+        dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats,
+                                      caption_options_from(caption_settings))
         if add_to is not None:
             dataset = add_to.combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -64,5 +64,7 @@ class TrainableModel:
     frozen_root: nn.Module
     base_model_version: str          # kohya's ss_base_model_version, e.g. "sd_v1"
     caption_encoder: CaptionEncoder
-    prepare: Callable[[], None] | None = None   # called once captions are encoded, before the first step
+    # called once the fixed captions are encoded, before the first step, with True when changing captions
+    # (shuffle, dropout) still need the text encoder during training
+    prepare: Callable[[bool], None] | None = None
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from .dataset import Dataset, Skipped
 from .dataset.buckets import BucketChoice, BucketSettings, Size, select_bucket
+from .dataset.caption_processing import CaptionOptions
 from .dataset.folders import describe_skips
 from .dataset.images import RESIZE_INTERPOLATIONS, UnreadableImage, open_rgb, resize_and_crop, to_pixels
 from .dataset.regularization import balanced_reg_repeats
@@ -43,6 +44,7 @@ class CachedSample:
     latent: torch.Tensor          # [C, h, w] float32 on CPU, raw VAE output
     is_reg: bool = False          # a regularization image: its loss is weighted by Train's prior_loss_weight
     latent_flipped: torch.Tensor | None = None   # flip augmentation: the mirrored image's latent
+    caption_options: CaptionOptions = field(default_factory=CaptionOptions)   # its subset's, applied per step
 
 
 @dataclass
@@ -208,7 +210,7 @@ def from_disk(disk: DiskLatentStore | None, item, source: dict | None) -> Cached
         return None
     latent, flipped = stored
     return CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
-                        subset.is_reg, flipped)
+                        subset.is_reg, flipped, subset.caption_options)
 
 
 def to_disk(disk: DiskLatentStore | None, item, source: dict | None, sample: CachedSample) -> None:
@@ -259,7 +261,7 @@ def encode_chunk(encoder: LatentEncoder, chunk: list, images: list, flip_aug: bo
                            "cause (the SDXL VAE in particular): load the VAE in fp32 or use an fp16-fix VAE.")
     flipped = latents[len(chunk):] if flip_aug else [None] * len(chunk)
     return [CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
-                         subset.is_reg, mirror)
+                         subset.is_reg, mirror, subset.caption_options)
             for (subset, entry, choice, size), latent, mirror in zip(chunk, latents[:len(chunk)], flipped)]
 
 

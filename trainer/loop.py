@@ -6,8 +6,8 @@ The loop owns nothing global: the RNGs it uses are its own generators, the base 
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from .objective import noisy_latents_and_target, per_sample_mse
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
 from .resume import TrainState, check_resumable, run_fingerprint
+from .text_contexts import CaptionContexts
 
 logger = logging.getLogger(__name__)
 
@@ -80,25 +81,6 @@ def frozen(module: nn.Module) -> Iterator[None]:
                 param.requires_grad_(flag)
 
 
-def batch_context(contexts: list[torch.Tensor]) -> torch.Tensor:
-    """Stack [1, L_i, D] contexts; different lengths (long captions) are tiled to a common length."""
-    lengths = {c.shape[1] for c in contexts}
-    if len(lengths) > 1:
-        common = math.lcm(*lengths)
-        contexts = [c.repeat(1, common // c.shape[1], 1) for c in contexts]
-    return torch.cat(contexts, dim=0)
-
-
-def encode_captions(model: TrainableModel, captions: list[str]) -> dict[str, torch.Tensor]:
-    """Encode each distinct caption once (the text encoder is not trained here)."""
-    encoded = {}
-    with torch.no_grad():
-        for caption in dict.fromkeys(captions):        # distinct, in first-seen order
-            hidden = model.caption_encoder.encode(caption)
-            encoded[caption] = hidden.detach().to("cpu", torch.float32).clone()
-    return encoded
-
-
 def has_native_bf16(device: torch.device) -> bool:
     """bf16 that is fast, not emulated: CUDA GPUs from Ampere on (and ROCm cards that report it).
 
@@ -146,16 +128,18 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
 
-    contexts = encode_captions(model, [s.caption for s in cache.samples])
+    captions = CaptionContexts(model.caption_encoder, cache.samples, denoiser.device, settings.seed)
     if model.prepare is not None:
-        model.prepare()                          # e.g. load the UNet onto the GPU, after the text encoder ran
+        # e.g. load the UNet onto the GPU once the fixed captions are encoded; changing captions keep the
+        # text encoder loaded beside it
+        model.prepare(captions.changing)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(model.lora_targets, network_config)
     network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
-    stepper = TrainStep(denoiser, network, optimizer, optimizer_config, contexts,
+    stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
                         settings.prior_loss_weight)
     progress = TrainProgress()
@@ -182,12 +166,17 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
-                for batch in batches[done_in_epoch if epoch == first_epoch else 0:]:
+                draws = list(itertools.accumulate((len(b) for b in batches), initial=0))   # first draw of each
+                start = done_in_epoch if epoch == first_epoch else 0
+                for batch_index in range(start, len(batches)):
                     if progress.step >= plan.total_steps:
                         break
                     if callbacks.check_cancel:
                         callbacks.check_cancel()
-                    loss = stepper(batch, progress.step + 1)
+                    batch = batches[batch_index]
+                    batch_captions = [captions.caption_for(sample, epoch, draws[batch_index] + position)
+                                      for position, sample in enumerate(batch)]
+                    loss = stepper(batch, progress.step + 1, batch_captions)
                     progress.learning_rates.append(scheduler.get_last_lr()[0])
                     scheduler.step()
                     progress.step += 1
@@ -223,12 +212,11 @@ class TrainStep:
     """
 
     def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
-                 optimizer_config: OptimizerConfig, contexts: dict[str, torch.Tensor], precision: str, seed: int,
+                 optimizer_config: OptimizerConfig, captions: CaptionContexts, precision: str, seed: int,
                  prior_loss_weight: float = 1.0):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
         self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
-        # on the training device once, not per step (they are small: one per distinct caption)
-        self.contexts = {caption: hidden.to(denoiser.device) for caption, hidden in contexts.items()}
+        self.captions = captions
         self.precision = precision
         self.prior_loss_weight = prior_loss_weight
         self.generator = torch.Generator().manual_seed(seed)
@@ -237,9 +225,9 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.parameters = network.trainable_parameters()
 
-    def __call__(self, batch, step: int) -> float:
+    def __call__(self, batch, step: int, captions: list[str]) -> float:
         try:
-            return self._run(batch, step)
+            return self._run(batch, step, captions)
         except OUT_OF_MEMORY:
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
                                "bf16, or close other models; the LoRA up to the previous step was kept.") from None
@@ -256,13 +244,13 @@ class TrainStep:
         return [sample.latent_flipped if flip and sample.latent_flipped is not None else sample.latent
                 for sample, flip in zip(batch, coins.tolist())]
 
-    def _run(self, batch, step: int) -> float:
+    def _run(self, batch, step: int, captions: list[str]) -> float:
         device, denoiser = self.device, self.denoiser
         raw = torch.stack(self.batch_latents(batch)).to(device)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)
-        context = batch_context([self.contexts[sample.caption] for sample in batch])
+        context = self.captions.batch(captions)
         weights = torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch], device=device)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 
+from .dataset.caption_processing import CaptionOptions
 from .latent_cache import LatentCache, tag_frequency
 from .lora_file import json_text, model_spec
 from .loop import TrainProgress
@@ -21,6 +22,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
                       precision: str, clip_skip: int | None = None) -> dict[str, str]:
     """Metadata as of now: interrupted and intermediate saves carry their own step, epoch and time."""
     resolution = cache.settings.resolution
+    # kohya writes one dataset's caption settings; with several subsets, the first training subset's
+    captions = next((s.caption_options for s in cache.dataset.subsets if not s.is_reg), CaptionOptions())
     cached = cache.images_per_subset()         # images that were cached, after any skipped files
     dataset_dirs = {s.name: {"n_repeats": s.repeats, "img_count": cached[s.name]}
                     for s in cache.dataset.subsets if not s.is_reg and cached[s.name]}
@@ -66,9 +69,9 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_sd_scripts_commit_hash": "comfyui-lora-trainer",
         "ss_optimizer": optimizer.optimizer_string(),
         "ss_max_grad_norm": optimizer.max_grad_norm,
-        "ss_caption_dropout_rate": 0.0,
-        "ss_caption_dropout_every_n_epochs": 0,
-        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_caption_dropout_rate": captions.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": captions.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": captions.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": settings.prior_loss_weight,
         "ss_min_snr_gamma": None,
@@ -95,8 +98,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_color_aug": False,
         "ss_flip_aug": cache.flip_aug,
         "ss_random_crop": False,
-        "ss_shuffle_caption": False,
-        "ss_keep_tokens": 0,
+        "ss_shuffle_caption": captions.shuffle_caption,
+        "ss_keep_tokens": captions.keep_tokens,
         "ss_enable_bucket": cache.settings.enabled,
         "ss_bucket_no_upscale": cache.settings.no_upscale,
         "ss_min_bucket_reso": cache.settings.min_bucket_reso,

@@ -48,8 +48,8 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
     for size, samples in sorted(cache.buckets.items()):
         for sample in samples:
             flipped = sample.latent_flipped is not None
-            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}|{sample.is_reg}|{flipped}\n"
-                        .encode())
+            data.update(f"{size}|{sample.image_path}|{sample.caption}|{sample.repeats}|{sample.is_reg}|{flipped}|"
+                        f"{sample.caption_options}\n".encode())
     return {
         "steps": [plan.batches_per_epoch, plan.epochs, plan.total_steps],
         "batch_size": settings.batch_size, "seed": settings.seed, "precision": settings.precision,

@@ -262,6 +262,18 @@ def test_disk_cache_is_reused_by_the_next_queue_and_does_not_retrigger_the_datas
     assert "3 read from .npz files, 0 encoded and written" in second["outputs"]["3"]["text"][0]
 
 
+def test_shuffled_captions_train_with_comfyuis_clip_encoding_every_step(server):
+    graph = training_graph("shuffle_lora", epochs=2)
+    graph["2"]["inputs"].update(shuffle_caption=True, keep_tokens=1, caption_tag_dropout_rate=0.3)
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    with safe_open(os.path.join(server.base_dir, "models", "loras", "shuffle_lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_shuffle_caption"] == "True" and metadata["ss_keep_tokens"] == "1"
+    assert metadata["ss_caption_tag_dropout_rate"] == "0.3"
+    assert "captions: shuffle_caption=True, keep_tokens=1" in entry["outputs"]["2"]["text"][0]
+
+
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120

@@ -200,3 +200,46 @@ def test_trainer_errors_show_their_short_name():
     for error in (errors.TrainerError, errors.DatasetError, errors.ConfigError, errors.ModelError, errors.SaveError):
         assert error.__module__ == "builtins"
         assert issubclass(error, errors.TrainerError)
+
+
+def test_shuffled_captions_are_encoded_per_step_and_a_resumed_run_sees_the_same_ones(tmp_path, tiny_vae_encoder):
+    from tests.engine.conftest import HashedWordEncoder, tiny_unet
+    from trainer.dataset.caption_processing import CaptionOptions
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    root = make_kohya_folder(str(tmp_path / "data"), {"3_x": [(64, 64), (64, 64)]},
+                             {"3_x/0": "sks dog, red collar, grass, park", "3_x/1": "sks dog, snow, night, hat"})
+    options = CaptionOptions(shuffle_caption=True, keep_tokens=1, caption_tag_dropout_rate=0.2)
+    cache = cache_latents(load_dataset_folder(root, caption_options=options), tiny_vae_encoder,
+                          BucketSettings((64, 64), 64, 64))
+    assert all(s.caption_options == options for s in cache.samples)
+
+    def model(seen):
+        words = HashedWordEncoder()
+
+        def encode(caption):
+            seen.append(caption)
+            return words(caption)
+        return diffusers_sd1_trainable(tiny_unet(), FunctionCaptionEncoder(encode))
+
+    args = (NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3), TrainSettings(epochs=3, batch_size=2))
+    seen_whole = []
+    whole = train_lora(model(seen_whole), cache, *args)
+    assert len(set(seen_whole)) > 4 and all(c.startswith("sks dog") for c in seen_whole)
+
+    cancels = {"n": 0}
+
+    def cancel_at_step_4():
+        cancels["n"] += 1
+        if cancels["n"] == 4:
+            raise Cancelled()
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(model([]), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_4, on_abort=keep))
+    resumed = train_lora(model([]), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
+    assert resumed.progress.losses == whole.progress.losses
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

@@ -15,12 +15,14 @@ only a folder with nothing trainable left is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 
 from ..errors import DatasetError
 from .buckets import Size
+from .caption_processing import CaptionOptions
 from .captions import find_caption
 from .images import UnreadableImage, read_header
 from .regularization import balanced_reg_repeats
@@ -72,6 +74,7 @@ class Subset:
     is_reg: bool = False
     empty_captions: int = 0
     caption_extension: str = ".txt"
+    caption_options: CaptionOptions = field(default_factory=CaptionOptions)
 
     @property
     def name(self) -> str:
@@ -133,6 +136,7 @@ class Dataset:
                          f"{len(balance)} image(s) against {self.num_train_images} training sample(s)")
         for subset in self.subsets:
             missing = len(subset.images) - subset.captions_from_files
+            options = describe_caption_options(subset.caption_options)
             line = (f"  {'reg ' if subset.is_reg else ''}{subset.name}: {len(subset.images)} image(s) x "
                     f"{subset.repeats} repeats, "
                     f"{subset.captions_from_files} {subset.caption_extension} caption(s)")
@@ -140,12 +144,19 @@ class Dataset:
                 line += f", {missing} captioned '{subset.class_tokens}' (no caption file)"
             if subset.empty_captions:
                 line += f", {subset.empty_captions} empty caption file(s)"
-            lines.append(line)
+            lines.append(line + (f"; captions: {options}" if options else ""))
         for name in self.skipped_folders:
             lines.append(f"  ignored folder (no N_ repeat prefix, e.g. '10_{name}'): {name}")
         lines.extend(describe_skips(self.skipped))
         lines.extend(f"  warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
+
+
+def describe_caption_options(options: CaptionOptions) -> str:
+    """The caption settings that differ from kohya's defaults, in kohya's names."""
+    default = CaptionOptions()
+    return ", ".join(f"{name}={getattr(options, name)!r}" for name in options.__dataclass_fields__
+                     if getattr(options, name) != getattr(default, name))
 
 
 def describe_skips(skipped: tuple[Skipped, ...] | list[Skipped]) -> list[str]:
@@ -240,12 +251,17 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
 
 
 def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "",
-                        repeats: str = "") -> Dataset:
+                        repeats: str = "", caption_options: CaptionOptions | None = None) -> Dataset:
     """Scan `root` (and a regularization folder in the same layout) for `N_name` sub-folders.
 
     `repeats` overrides folders' repeat counts ('10_sks dog=5, style=2', see parse_repeats_override); it also
-    admits a folder without an N_ prefix. DatasetError, naming the folder, when nothing in it is trainable.
+    admits a folder without an N_ prefix. `caption_options` apply to every subset found here (kohya's per-step
+    caption processing). DatasetError, naming the folder, when nothing in it is trainable.
     """
+    caption_options = caption_options or CaptionOptions()
+    problems = caption_options.problems()
+    if problems:
+        raise DatasetError("Caption settings: " + "; ".join(problems) + ".")
     caption_extension = normalized_extension(caption_extension)
     overrides = parse_repeats_override(repeats)
     used: set[str] = set()
@@ -263,6 +279,7 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
         raise DatasetError(f"repeats names {', '.join(unknown)}, which is no sub-folder here; the sub-folders are: "
                            f"{names}.")
     check_unique_names(subsets)
+    subsets = [dataclasses.replace(subset, caption_options=caption_options) for subset in subsets]
     for item in skipped:
         logger.warning("lora-trainer dataset: skipped %s", item.describe())
     for warning in warnings:

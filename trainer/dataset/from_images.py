@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..errors import DatasetError
+from .caption_processing import CaptionOptions
 from .folders import Dataset, ImageEntry, Subset
 
 GRAPH_ROOT = "images from the graph"
@@ -39,7 +40,8 @@ def split_captions(captions: list[str], count: int) -> list[str]:
                        "one multi-line STRING with a line per image, or one caption for all.")
 
 
-def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str, repeats: int) -> Dataset:
+def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str, repeats: int,
+                        caption_options: CaptionOptions | None = None) -> Dataset:
     """`images`: [H, W, 3] uint8 arrays, in order; `name` is the class tokens (caption of uncaptioned images)."""
     name = name.strip()
     if not images:
@@ -58,5 +60,10 @@ def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str
         digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:12]
         entries.append(ImageEntry(os.path.join(folder, f"{index:04d}-{digest}"), caption or name, bool(caption),
                                   (pixels.shape[1], pixels.shape[0]), pixels))
-    subset = Subset(folder, repeats, name, tuple(entries), caption_extension="(captions from the graph)")
+    options = caption_options or CaptionOptions()
+    problems = options.problems()
+    if problems:
+        raise DatasetError("Caption settings: " + "; ".join(problems) + ".")
+    subset = Subset(folder, repeats, name, tuple(entries), caption_extension="(captions from the graph)",
+                    caption_options=options)
     return Dataset(GRAPH_ROOT, subset.caption_extension, (subset,))

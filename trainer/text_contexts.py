@@ -1,0 +1,74 @@
+"""The text-encoder contexts a training step conditions on, one per sample in the batch.
+
+Captions that cannot change between steps are encoded once, before training, and the text encoder can
+leave the device. Captions that change (shuffled, dropped, tag dropout: caption_processing.py) are encoded
+when a step draws them, with the most recent ones kept, as kohya does without cached text-encoder outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+
+from .dataset.caption_processing import process_caption, sample_random
+from .interfaces import CaptionEncoder
+
+RECENT_CONTEXTS = 256          # changing captions kept on the device (a few MB each at most)
+
+
+def batch_context(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """Stack [1, L_i, D] contexts; different lengths (long captions) are tiled to a common length."""
+    lengths = {c.shape[1] for c in contexts}
+    if len(lengths) > 1:
+        common = math.lcm(*lengths)
+        contexts = [c.repeat(1, common // c.shape[1], 1) for c in contexts]
+    return torch.cat(contexts, dim=0)
+
+
+def fixed_caption(sample) -> str | None:
+    """The caption a sample always trains on, or None when its options make it change from step to step."""
+    options = sample.caption_options
+    if options.is_random:
+        return None
+    return process_caption(sample.caption, options, sample_random(0, 0, 0), epoch=1)
+
+
+class CaptionContexts:
+    def __init__(self, encoder: CaptionEncoder, samples, device: torch.device, seed: int):
+        self.encoder, self.device, self.seed = encoder, device, seed
+        self.fixed: dict[str, torch.Tensor] = {}
+        self.recent: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.changing = any(fixed_caption(sample) is None for sample in samples)
+        with torch.no_grad():
+            for caption in dict.fromkeys(c for c in map(fixed_caption, samples) if c is not None):
+                self.fixed[caption] = self._encode(caption)
+
+    def _encode(self, caption: str) -> torch.Tensor:
+        hidden = self.encoder.encode(caption)
+        return hidden.detach().to(self.device, torch.float32).clone()
+
+    def caption_for(self, sample, epoch: int, draw: int) -> str:
+        """What `sample` trains on as draw number `draw` of `epoch` (0-based, as the loop counts)."""
+        fixed = fixed_caption(sample)
+        if fixed is not None:
+            return fixed
+        return process_caption(sample.caption, sample.caption_options, sample_random(self.seed, epoch, draw),
+                               epoch + 1)
+
+    def context(self, caption: str) -> torch.Tensor:
+        if caption in self.fixed:
+            return self.fixed[caption]
+        if caption in self.recent:
+            self.recent.move_to_end(caption)
+            return self.recent[caption]
+        with torch.no_grad():
+            hidden = self._encode(caption)
+        self.recent[caption] = hidden
+        if len(self.recent) > RECENT_CONTEXTS:
+            self.recent.popitem(last=False)
+        return hidden
+
+    def batch(self, captions: list[str]) -> torch.Tensor:
+        return batch_context([self.context(caption) for caption in captions])
