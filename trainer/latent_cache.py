@@ -21,8 +21,9 @@ from PIL import Image
 from .dataset import Dataset, Skipped
 from .dataset.buckets import BucketChoice, BucketSettings, Size, select_bucket
 from .dataset.caption_processing import CaptionOptions
-from .dataset.folders import describe_skips
-from .dataset.images import RESIZE_INTERPOLATIONS, UnreadableImage, open_rgb, resize_and_crop, to_pixels
+from .dataset.records import describe_skips
+from .dataset.images import (RESIZE_INTERPOLATIONS, UnreadableImage, latent_mask, open_rgb, open_rgb_and_mask,
+                             resize_and_crop, to_pixels)
 from .dataset.regularization import balanced_reg_repeats
 from .errors import ConfigError, DatasetError, TrainerError
 from .interfaces import LatentEncoder
@@ -45,6 +46,7 @@ class CachedSample:
     is_reg: bool = False          # a regularization image: its loss is weighted by Train's prior_loss_weight
     latent_flipped: torch.Tensor | None = None   # flip augmentation: the mirrored image's latent
     caption_options: CaptionOptions = field(default_factory=CaptionOptions)   # its subset's, applied per step
+    alpha_mask: torch.Tensor | None = None       # [h, w] loss weights at latent resolution (kohya's alpha_mask)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class LatentCache:
     skipped: tuple[Skipped, ...] = field(default=())     # images left out while caching, with the reason
     interpolation: str = "auto"                          # kohya's resize_interpolation
     flip_aug: bool = False                               # each image cached with its mirror image too
+    alpha_mask: bool = False                             # transparency (or <stem>_mask.png) weights the loss
     disk_counts: tuple[int, int] = (0, 0)                # disk cache: (latents read back, latents written)
 
     @property
@@ -91,8 +94,13 @@ class LatentCache:
         lines = [f"{len(self.samples)} image(s) in {len(self.buckets)} bucket(s), latents in {self.cache_mode}"]
         if self.cache_mode == "disk":
             lines[0] += f" ({self.disk_counts[0]} read from .npz files, {self.disk_counts[1]} encoded and written)"
-        for size, count in sorted(self.bucket_counts().items()):
-            lines.append(f"  bucket {size[0]}x{size[1]}: {count} with repeats")
+        counts = sorted(self.bucket_counts().items())
+        widest = max((count for _, count in counts), default=1)
+        for size, count in counts:                                  # a histogram: one bar per bucket
+            bar = "#" * max(1, round(24 * count / widest))
+            lines.append(f"  {size[0]:>4}x{size[1]:<4} {bar} {count} with repeats")
+        per_epoch = ", ".join(f"batch {b}: {batches_per_epoch(self, b)}" for b in (1, 2, 4, 8))
+        lines.append(f"steps per epoch (kohya's count) at {per_epoch}")
         lines.extend(describe_skips(self.skipped))
         return "\n".join(lines)
 
@@ -100,7 +108,7 @@ class LatentCache:
 def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSettings, vae_batch_size: int = 1,
                   progress: Callable[[int, int], None] | None = None, interpolation: str = "auto",
                   transparent_on_white: bool = True, flip_aug: bool = False, cache_mode: str = "memory",
-                  fallback_folder: str | None = None) -> LatentCache:
+                  fallback_folder: str | None = None, alpha_mask: bool = False) -> LatentCache:
     """Assign buckets, resize and crop, and encode every image; `progress(done, total)` after each batch.
 
     `interpolation` is kohya's resize_interpolation (images.RESIZE_INTERPOLATIONS); `transparent_on_white`
@@ -108,6 +116,8 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     image; training then takes one of the two at random per sample (kohya's flip_aug with cached latents).
     `cache_mode` "disk" also keeps kohya `.npz` files beside the images (or under `fallback_folder` where the
     image folder is read-only) and reuses those that still match; the latents are held in memory either way.
+    `alpha_mask` weights each pixel's loss by the image's transparency, or by a `<stem>_mask.png` beside it
+    (white = train, black = ignore); images with neither train everywhere.
     """
     if cache_mode not in CACHE_MODES:
         raise ConfigError(f"cache {cache_mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}.")
@@ -118,7 +128,8 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
             raise ConfigError("This VAE cannot name itself, so latents on disk could not be matched to it; "
                               "use cache 'memory'.")
         disk = DiskLatentStore(identity(), {"interpolation": interpolation, "flip": flip_aug,
-                                            "transparent_on_white": transparent_on_white}, fallback_folder)
+                                            "transparent_on_white": transparent_on_white, "alpha_mask": alpha_mask},
+                               fallback_folder)
     if interpolation not in RESIZE_INTERPOLATIONS:
         raise ConfigError(f"resize interpolation {interpolation!r} is unknown; choose one of "
                           f"{', '.join(RESIZE_INTERPOLATIONS)}.")
@@ -159,20 +170,22 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
         if progress is not None and ready:
             progress(done, total)
         for start in range(0, len(to_encode), vae_batch_size):
-            batch, chunk, images = to_encode[start:start + vae_batch_size], [], []
+            batch, chunk, images, masks = to_encode[start:start + vae_batch_size], [], [], []
             for index, item, source in batch:
                 try:
-                    images.append(resize_and_crop(entry_image(item[1], transparent_on_white), item[2],
-                                                  interpolation))
+                    image, mask = entry_image(item[1], transparent_on_white, alpha_mask)
+                    images.append(resize_and_crop(image, item[2], interpolation))
+                    masks.append(resize_and_crop(mask, item[2], interpolation) if mask is not None else None)
                     chunk.append((index, item, source))
                 except UnreadableImage as exc:       # corrupt past its header: found only now, before training
                     skipped.append(Skipped(exc.path, exc.reason))
             done += len(batch)
             if chunk:
                 samples = encode_chunk(encoder, [item for _, item, _ in chunk], images, flip_aug)
-                for (index, item, source), sample in zip(chunk, samples):
+                for (index, item, source), sample, mask in zip(chunk, samples, masks):
+                    sample = dataclasses.replace(sample, alpha_mask=latent_mask(mask))
                     ready[index] = sample
-                    to_disk(disk, item, source, sample)
+                    to_disk(disk, item, source, sample, mask)
             if progress is not None:
                 progress(done, total)
         if ready:
@@ -186,7 +199,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
     cache = LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode,
-                        tuple(skipped), interpolation, flip_aug)
+                        tuple(skipped), interpolation, flip_aug, alpha_mask=alpha_mask)
     if disk is not None:
         cache.disk_counts = (disk.loaded, disk.written)
     return cache
@@ -208,16 +221,16 @@ def from_disk(disk: DiskLatentStore | None, item, source: dict | None) -> Cached
     stored = disk.load(entry.path, size, source, disk.settings_key["flip"]) if source is not None else None
     if stored is None:
         return None
-    latent, flipped = stored
+    latent, flipped, mask = stored
     return CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
-                        subset.is_reg, flipped, subset.caption_options)
+                        subset.is_reg, flipped, subset.caption_options, latent_mask(mask))
 
 
-def to_disk(disk: DiskLatentStore | None, item, source: dict | None, sample: CachedSample) -> None:
+def to_disk(disk: DiskLatentStore | None, item, source: dict | None, sample: CachedSample, mask) -> None:
     _, entry, choice, size = item
     if source is None:
         return
-    if disk.save(entry.path, size, choice, source, sample.latent, sample.latent_flipped) is None:
+    if disk.save(entry.path, size, choice, source, sample.latent, sample.latent_flipped, mask) is None:
         logger.warning("lora-trainer caching: could not write the latent cache of %s anywhere", entry.path)
 
 
@@ -239,11 +252,14 @@ def balance_regularization(buckets: dict[Size, list[CachedSample]], dataset: Dat
     return balanced
 
 
-def entry_image(entry, transparent_on_white: bool) -> Image.Image:
-    """The entry's picture: pixels it carries (images from the graph), else its file, decoded."""
+def entry_image(entry, transparent_on_white: bool, with_mask: bool) -> tuple[Image.Image, Image.Image | None]:
+    """The entry's picture, and its loss mask when asked: pixels it carries (images from the graph), else its
+    file, decoded."""
     if entry.pixels is not None:
-        return Image.fromarray(entry.pixels, "RGB")
-    return open_rgb(entry.path, transparent_on_white)
+        return Image.fromarray(entry.pixels, "RGB"), None
+    if with_mask:
+        return open_rgb_and_mask(entry.path, transparent_on_white)
+    return open_rgb(entry.path, transparent_on_white), None
 
 
 def encode_chunk(encoder: LatentEncoder, chunk: list, images: list, flip_aug: bool = False) -> list[CachedSample]:

@@ -1,7 +1,8 @@
 """The latent cache on disk: kohya's `.npz` files beside the images, reused only while they still match.
 
 kohya's file: `<image stem>_<WWWW>x<HHHH>_sd.npz` (the original size, 4 digits), keys `latents` (C, h, w)
-float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b], and `latents_flipped` with flip augmentation;
+float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b], `latents_flipped` with flip augmentation and
+`alpha_mask` (H, W) in 0..1 with alpha masks;
 kohya's own trainer reads our files. kohya reuses a file when the keys are there; we also store what the
 latent was made from (`lora_trainer_source`: the image file's bytes hash, bucket, resize, transparency,
 flip, the VAE's identity) and re-encode when any of it changed. A folder we cannot write to gets its files
@@ -17,6 +18,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .atomic_files import write_atomic
 from .dataset.buckets import BucketChoice, Size
@@ -84,7 +86,8 @@ class DiskLatentStore:
         return paths
 
     def load(self, image_path: str, original_size: Size, source: dict, flip: bool):
-        """(latent, flipped latent or None) from a file that still matches `source`; None when there is none."""
+        """(latent, flipped latent or None, mask image or None) from a file that still matches `source`; None when
+        there is none."""
         for path in self.candidates(image_path, original_size):
             try:
                 with np.load(path, allow_pickle=False) as stored:
@@ -93,6 +96,10 @@ class DiskLatentStore:
                     latent = torch.from_numpy(np.array(stored["latents"], dtype=np.float32))
                     flipped = (torch.from_numpy(np.array(stored["latents_flipped"], dtype=np.float32))
                                if flip and "latents_flipped" in stored else None)
+                    mask = None
+                    if source.get("alpha_mask") and "alpha_mask" in stored:
+                        weights = np.clip(np.array(stored["alpha_mask"], dtype=np.float32), 0, 1)
+                        mask = Image.fromarray(np.rint(weights * 255).astype(np.uint8), "L")
             except (OSError, ValueError, KeyError):
                 continue                            # missing, unreadable or foreign: encode afresh
             if flip and flipped is None:
@@ -100,17 +107,19 @@ class DiskLatentStore:
             if not (torch.isfinite(latent).all() and (flipped is None or torch.isfinite(flipped).all())):
                 continue
             self.loaded += 1
-            return latent, flipped
+            return latent, flipped, mask
         return None
 
     def save(self, image_path: str, original_size: Size, choice: BucketChoice, source: dict,
-             latent: torch.Tensor, flipped: torch.Tensor | None) -> str | None:
+             latent: torch.Tensor, flipped: torch.Tensor | None, mask=None) -> str | None:
         """Write beside the image, else under the fallback folder; the path written, or None if neither could be."""
         arrays = {"latents": latent.numpy().astype(np.float32), "original_size": np.array(original_size),
                   "crop_ltrb": np.array(crop_ltrb(choice.bucket, original_size)),
                   SOURCE_KEY: np.array(json.dumps(source, sort_keys=True))}
         if flipped is not None:
             arrays["latents_flipped"] = flipped.numpy().astype(np.float32)
+        if mask is not None:                      # kohya's alpha_mask: (H, W) at the bucket size, 0..1
+            arrays["alpha_mask"] = np.asarray(mask, dtype=np.float32) / 255.0
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         for path in self.candidates(image_path, original_size):

@@ -232,21 +232,28 @@ class TrainStep:
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
                                "bf16, or close other models; the LoRA up to the previous step was kept.") from None
 
-    def batch_latents(self, batch) -> list[torch.Tensor]:
-        """Each sample's latent; with flip augmentation, the mirrored one for a fair coin per sample (kohya).
+    def batch_latents(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Each sample's latent and loss mask; with flip augmentation, the mirrored pair for a fair coin per
+        sample (kohya).
 
         The coins come from the step's generator only when the cache has mirrors, so runs without flip draw
         exactly the noise they drew before, and a resumed run draws the same coins.
         """
         if all(sample.latent_flipped is None for sample in batch):
-            return [sample.latent for sample in batch]
+            return [sample.latent for sample in batch], [sample.alpha_mask for sample in batch]
         coins = torch.rand(len(batch), generator=self.generator) < 0.5
-        return [sample.latent_flipped if flip and sample.latent_flipped is not None else sample.latent
-                for sample, flip in zip(batch, coins.tolist())]
+        latents, masks = [], []
+        for sample, flip in zip(batch, coins.tolist()):
+            flip = flip and sample.latent_flipped is not None
+            latents.append(sample.latent_flipped if flip else sample.latent)
+            mask = sample.alpha_mask
+            masks.append(mask.flip(-1) if flip and mask is not None else mask)
+        return latents, masks
 
     def _run(self, batch, step: int, captions: list[str]) -> float:
         device, denoiser = self.device, self.denoiser
-        raw = torch.stack(self.batch_latents(batch)).to(device)
+        sample_latents, sample_masks = self.batch_latents(batch)
+        raw = torch.stack(sample_latents).to(device)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)
@@ -256,7 +263,11 @@ class TrainStep:
                     else nullcontext())
         with autocast:
             prediction = denoiser(noisy, timesteps, context)
-        loss = (per_sample_mse(prediction, target) * weights).mean()
+        masks = None
+        if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
+            masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])
+            masks = masks.to(device)[:, None]
+        loss = (per_sample_mse(prediction, target, masks) * weights).mean()
         if not torch.isfinite(loss):
             raise TrainerError(f"The loss became {loss.item()} at step {step}. Lower the learning rate; the LoRA "
                                "up to the previous step was kept.")

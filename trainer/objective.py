@@ -41,6 +41,13 @@ def noisy_latents_and_target(latents: torch.Tensor, alphas_cumprod: torch.Tensor
     return noisy, timesteps, target
 
 
-def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """kohya's l2 loss, reduced over C, H, W per sample (before loss weights and the batch mean)."""
-    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """kohya's l2 loss, reduced over C, H, W per sample (before loss weights and the batch mean).
+
+    `masks` [B, 1, h, w] weight each pixel first (kohya's apply_masked_loss): masked-out pixels count as zero
+    loss and the mean still runs over every pixel, as kohya computes it.
+    """
+    loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
+    if masks is not None:
+        loss = loss * masks
+    return loss.mean(dim=(1, 2, 3))

@@ -59,7 +59,7 @@ def test_flip_augmentation_caches_the_mirror_and_trains_on_both(tmp_path, tiny_v
     assert not torch.allclose(sample.latent_flipped, sample.latent)
     stepper = TrainStep.__new__(TrainStep)
     stepper.generator = torch.Generator().manual_seed(0)
-    picked = [stepper.batch_latents(cache.samples)[0] is sample.latent_flipped for _ in range(40)]
+    picked = [stepper.batch_latents(cache.samples)[0][0] is sample.latent_flipped for _ in range(40)]
     assert 5 < sum(picked) < 35                                  # a fair coin per sample and step
     plain = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
     assert all(s.latent_flipped is None for s in plain.samples) and not plain.flip_aug
@@ -139,3 +139,63 @@ def test_disk_cache_tells_vaes_apart_and_uses_a_fallback_for_read_only_folders(t
     assert disk_cache(load_dataset_folder(locked), tiny_vae_encoder, fallback_folder=fallback).disk_counts == (0, 1)
     assert not [name for name in os.listdir(os.path.join(locked, "1_y")) if name.endswith(".npz")]
     assert disk_cache(load_dataset_folder(locked), tiny_vae_encoder, fallback_folder=fallback).disk_counts == (1, 0)
+
+
+def test_alpha_mask_weights_the_loss_from_transparency_or_a_mask_file(tmp_path, tiny_vae_encoder, tiny_trainable):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from trainer.loop import train_lora
+    from trainer.network import NetworkConfig
+    from trainer.optim import OptimizerConfig
+    from trainer.plan import TrainSettings
+
+    folder = tmp_path / "set" / "1_x"
+    folder.mkdir(parents=True)
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3], rgba[:, :32, 3] = 120, 255                          # left half opaque, right half transparent
+    Image.fromarray(rgba, "RGBA").save(folder / "half.png")
+    Image.new("RGB", (64, 64), (50, 60, 70)).save(folder / "photo.jpg")
+    Image.new("L", (64, 64), 0).save(folder / "photo_mask.png")        # a mask file: ignore everything
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "plain.png")
+    dataset = load_dataset_folder(str(tmp_path / "set"))
+    assert sorted(os.path.basename(e.path) for e in dataset.subsets[0].images) == ["half.png", "photo.jpg",
+                                                                                   "plain.png"]
+    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64), alpha_mask=True,
+                          flip_aug=True, cache_mode="disk")
+    masks = {os.path.basename(s.image_path): s.alpha_mask for s in cache.samples}
+    assert masks["plain.png"] is None                                  # nothing says where: train everywhere
+    assert masks["half.png"].shape == (8, 8) and torch.equal(masks["half.png"][:, :4], torch.ones(8, 4))
+    assert torch.equal(masks["half.png"][:, 4:], torch.zeros(8, 4)) and masks["photo.jpg"].abs().sum() == 0
+    again = cache_latents(load_dataset_folder(str(tmp_path / "set")), tiny_vae_encoder,
+                          BucketSettings((64, 64), 64, 64), alpha_mask=True, flip_aug=True, cache_mode="disk")
+    assert again.disk_counts == (3, 0)
+    assert all(torch.equal(a.alpha_mask, b.alpha_mask) for a, b in zip(cache.samples, again.samples)
+               if a.alpha_mask is not None)
+    with np.load(folder / "half_0064x0064_sd.npz") as stored:
+        assert stored["alpha_mask"].shape == (64, 64) and float(stored["alpha_mask"].max()) == 1.0
+
+    only_photo = dataclasses_replace_buckets(cache, "photo.jpg")
+    result = train_lora(tiny_trainable, only_photo, NetworkConfig(rank=2), OptimizerConfig(),
+                        TrainSettings(epochs=2, batch_size=1))
+    assert result.progress.losses == [0.0, 0.0]                        # a fully masked image adds no loss
+
+
+def dataclasses_replace_buckets(cache, name):
+    import dataclasses
+
+    kept = {size: [s for s in samples if os.path.basename(s.image_path) == name]
+            for size, samples in cache.buckets.items()}
+    return dataclasses.replace(cache, buckets={size: samples for size, samples in kept.items() if samples})
+
+
+def test_the_node_summary_shows_a_bucket_histogram_and_steps_per_epoch(tmp_path, tiny_vae_encoder):
+    from tests.helpers import make_kohya_folder
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"3_x": [(64, 64), (64, 64), (128, 64)]})
+    settings = BucketSettings((128, 128), 64, 128, 64, no_upscale=True)     # each image keeps its own size
+    text = cache_latents(load_dataset_folder(root), tiny_vae_encoder, settings).describe()
+    assert "   64x64   ######################## 6 with repeats" in text
+    assert "  128x64   ############ 3 with repeats" in text
+    assert "steps per epoch (kohya's count) at batch 1: 9, batch 2: 5, batch 4: 3, batch 8: 2" in text

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .caption_processing import CaptionOptions
-from .folders import Dataset, ImageEntry, Subset
+from .records import Dataset, ImageEntry, Subset
 
 GRAPH_ROOT = "images from the graph"
 

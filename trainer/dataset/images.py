@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -115,17 +116,43 @@ def to_rgb(image: Image.Image, transparent_on_white: bool = True) -> Image.Image
     return image.convert("RGB")
 
 
-def open_rgb(path: str, transparent_on_white: bool = True) -> Image.Image:
-    """Decode `path` as RGB (first frame, EXIF orientation applied); UnreadableImage when it can't be."""
+def _decode(path: str) -> Image.Image:
+    """The first frame, fully decoded, EXIF orientation applied; UnreadableImage when it can't be."""
     with _open(path) as image:
         try:
             orientation = header_orientation(image)
             image.seek(0)
             image.load()
-            oriented = image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
-            return to_rgb(oriented, transparent_on_white)
+            return image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image.copy()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableImage(path, f"cannot be decoded, probably truncated or corrupt ({exc})") from None
+
+
+def open_rgb(path: str, transparent_on_white: bool = True) -> Image.Image:
+    """Decode `path` as RGB (first frame, EXIF orientation applied); UnreadableImage when it can't be."""
+    return to_rgb(_decode(path), transparent_on_white)
+
+
+def mask_file(image_path: str) -> str:
+    """Where a loss mask for an image without transparency may sit: `<stem>_mask.png` beside it."""
+    return os.path.splitext(image_path)[0] + "_mask.png"
+
+
+def open_rgb_and_mask(path: str, transparent_on_white: bool = True) -> tuple[Image.Image, Image.Image | None]:
+    """The RGB image and its loss mask (mode L, 255 = train): its alpha channel, else `<stem>_mask.png`, else None.
+
+    kohya's alpha_mask reads only the alpha channel; the mask file is for formats without one (JPEG).
+    """
+    image = _decode(path)
+    mask = None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        mask = image.convert("RGBA").split()[-1]
+    elif os.path.isfile(mask_file(path)):
+        mask = _decode(mask_file(path)).convert("L")
+        if mask.size != image.size:
+            raise UnreadableImage(path, f"its mask {os.path.basename(mask_file(path))} is {mask.size[0]}x"
+                                        f"{mask.size[1]}, the image {image.size[0]}x{image.size[1]}")
+    return to_rgb(image, transparent_on_white), mask
 
 
 def _area_along(array: np.ndarray, target: int, axis: int) -> np.ndarray:
@@ -167,7 +194,10 @@ def resize(image: Image.Image, size: Size, interpolation: str = "auto") -> Image
     if method == "area":
         if not shrinking:
             return image.resize(size, Image.Resampling.BILINEAR)   # OpenCV's INTER_AREA enlarges bilinearly
-        return Image.fromarray(area_resize(np.asarray(image.convert("RGB")), size), "RGB")
+        mode = "L" if image.mode == "L" else "RGB"                # RGB images, and masks
+        pixels = np.asarray(image.convert(mode))
+        shrunk = area_resize(pixels[..., None] if mode == "L" else pixels, size)
+        return Image.fromarray(shrunk[..., 0] if mode == "L" else shrunk, mode)
     return image.resize(size, PIL_FILTERS[method])
 
 
@@ -180,6 +210,15 @@ def resize_and_crop(image: Image.Image, choice: BucketChoice, interpolation: str
     if left or top or image.size != choice.bucket:
         image = image.crop((left, top, left + bucket_w, top + bucket_h))
     return image
+
+
+def latent_mask(mask: Image.Image | None, factor: int = 8) -> torch.Tensor | None:
+    """A bucket-sized mask (mode L) as loss weights at latent resolution [h, w] in 0..1: the area mean of each
+    factor x factor block, as kohya interpolates it (mode "area")."""
+    if mask is None:
+        return None
+    weights = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+    return torch.nn.functional.avg_pool2d(weights, factor)[0, 0]
 
 
 def to_pixels(images: list[Image.Image]) -> torch.Tensor:
