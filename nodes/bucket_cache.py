@@ -43,21 +43,17 @@ class LoRABucketCacheLatents(io.ComfyNode):
                                        ".npz files beside the images (readable by kohya) and reused while the image, "
                                        "bucket, resize, flip and VAE are unchanged; only what changed is "
                                        "re-encoded."),
-                io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto", optional=True,
+                io.Combo.Input("resize_interpolation", options=list(RESIZE_INTERPOLATIONS), default="auto",
+                               optional=True,
                                tooltip="kohya's resize_interpolation. auto: area average to shrink (OpenCV's "
                                        "INTER_AREA, exactly), LANCZOS to enlarge; any other name is used both ways."),
-                io.Combo.Input("transparency", options=list(TRANSPARENCY), default=TRANSPARENCY[0], optional=True,
+                io.Combo.Input("transparency", options=list(TRANSPARENCY), default=TRANSPARENCY[0],
+                               optional=True,
                                tooltip="Transparent pixels: composited on white, or the raw colour stored under "
                                        "them, as kohya trains."),
                 io.Boolean.Input("enable_bucket", default=True, optional=True,
                                  tooltip="Off: no aspect-ratio buckets; every image is resized to cover the "
                                          "resolution and centre-cropped to it (kohya's enable_bucket)."),
-                io.Boolean.Input("alpha_mask", default=False, optional=True,
-                                 tooltip="Weight the loss by each image's transparency (or a <name>_mask.png beside "
-                                         "it: white trains, black is ignored), as kohya's alpha_mask."),
-                io.Boolean.Input("flip_aug", default=False, optional=True,
-                                 tooltip="Also cache each image mirrored; training takes one of the two at random "
-                                         "(kohya's flip_aug). Doubles the cache's memory."),
             ],
             outputs=[LoraLatents.Output(display_name="latents")],
             hidden=[io.Hidden.unique_id],
@@ -66,7 +62,7 @@ class LoRABucketCacheLatents(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, vae, resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps,
                 bucket_no_upscale, vae_batch_size, cache, resize_interpolation="auto",
-                transparency=TRANSPARENCY[0], enable_bucket=True, alpha_mask=False, flip_aug=False) -> io.NodeOutput:
+                transparency=TRANSPARENCY[0], enable_bucket=True) -> io.NodeOutput:
         settings = BucketSettings((resolution, resolution), min_bucket_reso, max_bucket_reso, bucket_reso_steps,
                                   bucket_no_upscale, enable_bucket)
         reporter = ProgressReporter(cls.hidden.unique_id, max(1, dataset.num_images))
@@ -77,9 +73,8 @@ class LoRABucketCacheLatents(io.ComfyNode):
                 latents = cache_latents(dataset, encoder, settings, vae_batch_size,
                                         progress=lambda done, total: reporter.update(done, f"encoded {done}/{total}"),
                                         interpolation=resize_interpolation,
-                                        transparent_on_white=transparency == TRANSPARENCY[0], flip_aug=flip_aug,
-                                        cache_mode=cache, fallback_folder=latent_cache_fallback_folder(),
-                                        alpha_mask=alpha_mask)
+                                        transparent_on_white=transparency == TRANSPARENCY[0],
+                                        cache_mode=cache, fallback_folder=latent_cache_fallback_folder())
             finally:
                 encoder.release()
         return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))

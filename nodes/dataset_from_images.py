@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..trainer.dataset.from_images import dataset_from_pixels
-from .caption_inputs import caption_option_inputs, caption_options_from
+from .subset_inputs import augmentation_inputs, caption_option_inputs, caption_options_from
 from .wire_types import CATEGORY, LoraDataset
 
 
@@ -45,16 +45,18 @@ class LoRADatasetFromImages(io.ComfyNode):
                 LoraDataset.Input("add_to", optional=True,
                                   tooltip="Another dataset to train together with these images."),
                 *caption_option_inputs(),
+                *augmentation_inputs(with_alpha_mask=False),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
-    def execute(cls, images, captions, name, repeats, add_to=None, **caption_settings) -> io.NodeOutput:
+    def execute(cls, images, captions, name, repeats, add_to=None, flip_aug=(False,),
+                **caption_settings) -> io.NodeOutput:
         # is_input_list: every input arrives as a list (images: one tensor per upstream item)
         options = caption_options_from({key: values[0] for key, values in caption_settings.items()})
         dataset = dataset_from_pixels(to_uint8_images(images), [str(c) for c in captions], name[0], int(repeats[0]),
-                                      options)
+                                      options, bool(flip_aug[0]))
         if add_to:
             dataset = add_to[0].combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -8,7 +8,7 @@ import os
 from comfy_api.latest import io, ui
 
 from ..trainer.dataset import load_dataset_folder
-from .caption_inputs import caption_option_inputs, caption_options_from
+from .subset_inputs import augmentation_inputs, caption_option_inputs, caption_options_from
 from .comfy_host import resolve_dataset_folder
 from .wire_types import CATEGORY, LoraDataset
 
@@ -63,13 +63,14 @@ class LoRALoadDatasetFolder(io.ComfyNode):
                                   tooltip="Another dataset to train together with this folder, e.g. a character "
                                           "folder and a style folder; each keeps its repeats and caption settings."),
                 *caption_option_inputs(),
+                *augmentation_inputs(),
             ],
             outputs=[LoraDataset.Output(display_name="dataset")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None,
-                           **caption_settings):
+                           **subset_settings):
         # add_to is covered by the executor's own input signature (it re-runs when the upstream node changes)
         if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder, repeats)):
             # a linked input arrives here as None, before its node ran: always re-read the folder
@@ -81,11 +82,11 @@ class LoRALoadDatasetFolder(io.ComfyNode):
         return signature + "|repeats:" + repeats
 
     @classmethod
-    def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None,
-                **caption_settings) -> io.NodeOutput:
+    def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None, flip_aug=False,
+                alpha_mask=False, **caption_settings) -> io.NodeOutput:
         regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
         dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats,
-                                      caption_options_from(caption_settings))
+                                      caption_options_from(caption_settings), flip_aug, alpha_mask)
         if add_to is not None:
             dataset = add_to.combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -58,9 +58,15 @@ class LatentCache:
     cache_mode: str = "memory"
     skipped: tuple[Skipped, ...] = field(default=())     # images left out while caching, with the reason
     interpolation: str = "auto"                          # kohya's resize_interpolation
-    flip_aug: bool = False                               # each image cached with its mirror image too
-    alpha_mask: bool = False                             # transparency (or <stem>_mask.png) weights the loss
     disk_counts: tuple[int, int] = (0, 0)                # disk cache: (latents read back, latents written)
+
+    @property
+    def flip_aug(self) -> bool:
+        return any(subset.flip_aug for subset in self.dataset.subsets)
+
+    @property
+    def alpha_mask(self) -> bool:
+        return any(subset.alpha_mask for subset in self.dataset.subsets)
 
     @property
     def samples(self) -> list[CachedSample]:
@@ -107,17 +113,17 @@ class LatentCache:
 
 def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSettings, vae_batch_size: int = 1,
                   progress: Callable[[int, int], None] | None = None, interpolation: str = "auto",
-                  transparent_on_white: bool = True, flip_aug: bool = False, cache_mode: str = "memory",
-                  fallback_folder: str | None = None, alpha_mask: bool = False) -> LatentCache:
+                  transparent_on_white: bool = True, cache_mode: str = "memory",
+                  fallback_folder: str | None = None) -> LatentCache:
     """Assign buckets, resize and crop, and encode every image; `progress(done, total)` after each batch.
 
     `interpolation` is kohya's resize_interpolation (images.RESIZE_INTERPOLATIONS); `transparent_on_white`
-    off keeps the colour under transparent pixels, as kohya does. `flip_aug` also encodes each image's mirror
-    image; training then takes one of the two at random per sample (kohya's flip_aug with cached latents).
+    off keeps the colour under transparent pixels, as kohya does. A subset with `flip_aug` also gets each
+    image's mirror encoded; training then takes one of the two at random per draw (kohya's flip_aug with
+    cached latents); one with `alpha_mask` gets each image's loss mask: its transparency, or a
+    `<stem>_mask.png` beside it (white = train, black = ignore); images with neither train everywhere.
     `cache_mode` "disk" also keeps kohya `.npz` files beside the images (or under `fallback_folder` where the
     image folder is read-only) and reuses those that still match; the latents are held in memory either way.
-    `alpha_mask` weights each pixel's loss by the image's transparency, or by a `<stem>_mask.png` beside it
-    (white = train, black = ignore); images with neither train everywhere.
     """
     if cache_mode not in CACHE_MODES:
         raise ConfigError(f"cache {cache_mode!r} is unknown; choose one of {', '.join(CACHE_MODES)}.")
@@ -127,9 +133,8 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
         if identity is None:
             raise ConfigError("This VAE cannot name itself, so latents on disk could not be matched to it; "
                               "use cache 'memory'.")
-        disk = DiskLatentStore(identity(), {"interpolation": interpolation, "flip": flip_aug,
-                                            "transparent_on_white": transparent_on_white, "alpha_mask": alpha_mask},
-                               fallback_folder)
+        disk = DiskLatentStore(identity(), {"interpolation": interpolation,
+                                            "transparent_on_white": transparent_on_white}, fallback_folder)
     if interpolation not in RESIZE_INTERPOLATIONS:
         raise ConfigError(f"resize interpolation {interpolation!r} is unknown; choose one of "
                           f"{', '.join(RESIZE_INTERPOLATIONS)}.")
@@ -173,7 +178,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
             batch, chunk, images, masks = to_encode[start:start + vae_batch_size], [], [], []
             for index, item, source in batch:
                 try:
-                    image, mask = entry_image(item[1], transparent_on_white, alpha_mask)
+                    image, mask = entry_image(item[1], transparent_on_white, item[0].alpha_mask)
                     images.append(resize_and_crop(image, item[2], interpolation))
                     masks.append(resize_and_crop(mask, item[2], interpolation) if mask is not None else None)
                     chunk.append((index, item, source))
@@ -181,7 +186,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
                     skipped.append(Skipped(exc.path, exc.reason))
             done += len(batch)
             if chunk:
-                samples = encode_chunk(encoder, [item for _, item, _ in chunk], images, flip_aug)
+                samples = encode_chunk(encoder, [item for _, item, _ in chunk], images)
                 for (index, item, source), sample, mask in zip(chunk, samples, masks):
                     sample = dataclasses.replace(sample, alpha_mask=latent_mask(mask))
                     ready[index] = sample
@@ -199,7 +204,7 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
     cache = LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode,
-                        tuple(skipped), interpolation, flip_aug, alpha_mask=alpha_mask)
+                        tuple(skipped), interpolation)
     if disk is not None:
         cache.disk_counts = (disk.loaded, disk.written)
     return cache
@@ -211,14 +216,14 @@ def disk_source(disk: DiskLatentStore | None, item) -> dict | None:
     if disk is None or entry.pixels is not None:      # images from the graph have no folder to cache beside
         return None
     try:
-        return disk.source(entry.path, choice)
+        return disk.source(entry.path, choice, flip=item[0].flip_aug, alpha_mask=item[0].alpha_mask)
     except OSError:
         return None
 
 
 def from_disk(disk: DiskLatentStore | None, item, source: dict | None) -> CachedSample | None:
     subset, entry, choice, size = item
-    stored = disk.load(entry.path, size, source, disk.settings_key["flip"]) if source is not None else None
+    stored = disk.load(entry.path, size, source) if source is not None else None
     if stored is None:
         return None
     latent, flipped, mask = stored
@@ -262,20 +267,27 @@ def entry_image(entry, transparent_on_white: bool, with_mask: bool) -> tuple[Ima
     return open_rgb(entry.path, transparent_on_white), None
 
 
-def encode_chunk(encoder: LatentEncoder, chunk: list, images: list, flip_aug: bool = False) -> list[CachedSample]:
-    """One VAE batch of same-bucket images (and their mirrors) -> cached samples; NaN/inf refused by file name."""
+def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[CachedSample]:
+    """One VAE batch of same-bucket images (and the mirrors of flip_aug subsets' images) -> cached samples.
+
+    NaN/inf latents are refused, naming the files.
+    """
     pixels = to_pixels(images)
-    if flip_aug:
-        pixels = torch.cat([pixels, pixels.flip(2)])        # [B, H, W, C]: mirror along the width
+    mirrored = [index for index, (subset, _, _, _) in enumerate(chunk) if subset.flip_aug]
+    if mirrored:
+        pixels = torch.cat([pixels, pixels[mirrored].flip(2)])        # [B, H, W, C]: mirror along the width
     with torch.no_grad():
         latents = encoder.encode(pixels)
     latents = latents.detach().to("cpu", torch.float32).clone()
     if not torch.isfinite(latents).all():
-        finite = torch.isfinite(latents.flatten(1)).all(dim=1).view(-1, len(chunk)).all(dim=0)
-        bad = [entry.path for (_, entry, _, _), ok in zip(chunk, finite) if not ok]
+        finite = torch.isfinite(latents.flatten(1)).all(dim=1)
+        owners = list(range(len(chunk))) + mirrored
+        bad = sorted({chunk[owner][1].path for owner, ok in zip(owners, finite.tolist()) if not ok})
         raise TrainerError(f"The VAE produced NaN/inf latents for {', '.join(bad)}. An fp16 VAE is the usual "
                            "cause (the SDXL VAE in particular): load the VAE in fp32 or use an fp16-fix VAE.")
-    flipped = latents[len(chunk):] if flip_aug else [None] * len(chunk)
+    flipped: list[torch.Tensor | None] = [None] * len(chunk)
+    for position, index in enumerate(mirrored):
+        flipped[index] = latents[len(chunk) + position]
     return [CachedSample(entry.path, entry.caption, subset.repeats, subset.name, size, choice.bucket, latent,
                          subset.is_reg, mirror, subset.caption_options)
             for (subset, entry, choice, size), latent, mirror in zip(chunk, latents[:len(chunk)], flipped)]

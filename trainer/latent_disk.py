@@ -68,14 +68,15 @@ class DiskLatentStore:
 
     def __init__(self, vae_identity: str, settings_key: dict, fallback_folder: str | None = None):
         self.vae_identity = vae_identity
-        self.settings_key = settings_key          # interpolation, transparency, flip: the same for every image
+        self.settings_key = settings_key          # interpolation, transparency: the same for every image
         self.fallback_folder = fallback_folder
         self.loaded = 0
         self.written = 0
 
-    def source(self, image_path: str, choice: BucketChoice) -> dict:
+    def source(self, image_path: str, choice: BucketChoice, flip: bool = False, alpha_mask: bool = False) -> dict:
         return {"image_sha256": file_digest(image_path), "bucket": list(choice.bucket),
-                "resized": list(choice.resized), "vae": self.vae_identity, **self.settings_key}
+                "resized": list(choice.resized), "vae": self.vae_identity, "flip": flip, "alpha_mask": alpha_mask,
+                **self.settings_key}
 
     def candidates(self, image_path: str, original_size: Size) -> list[str]:
         name = npz_name(image_path, original_size)
@@ -85,7 +86,7 @@ class DiskLatentStore:
             paths.append(os.path.join(self.fallback_folder, folder_key, name))
         return paths
 
-    def load(self, image_path: str, original_size: Size, source: dict, flip: bool):
+    def load(self, image_path: str, original_size: Size, source: dict):
         """(latent, flipped latent or None, mask image or None) from a file that still matches `source`; None when
         there is none."""
         for path in self.candidates(image_path, original_size):
@@ -94,6 +95,7 @@ class DiskLatentStore:
                     if SOURCE_KEY not in stored or json.loads(str(stored[SOURCE_KEY])) != source:
                         continue
                     latent = torch.from_numpy(np.array(stored["latents"], dtype=np.float32))
+                    flip = source["flip"]
                     flipped = (torch.from_numpy(np.array(stored["latents_flipped"], dtype=np.float32))
                                if flip and "latents_flipped" in stored else None)
                     mask = None

@@ -51,8 +51,8 @@ def test_flip_augmentation_caches_the_mirror_and_trains_on_both(tmp_path, tiny_v
     from trainer.loop import TrainStep
 
     root = make_kohya_folder(str(tmp_path / "set"), {"4_x": [(64, 64), (64, 64)]})
-    dataset = load_dataset_folder(root)
-    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64), flip_aug=True)
+    dataset = load_dataset_folder(root, flip_aug=True)
+    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
     sample = cache.samples[0]
     mirrored = tiny_vae_encoder.encode(to_pixels([open_rgb(sample.image_path)]).flip(2))[0]
     assert torch.allclose(sample.latent_flipped, mirrored, atol=1e-5)
@@ -61,8 +61,13 @@ def test_flip_augmentation_caches_the_mirror_and_trains_on_both(tmp_path, tiny_v
     stepper.generator = torch.Generator().manual_seed(0)
     picked = [stepper.batch_latents(cache.samples)[0][0] is sample.latent_flipped for _ in range(40)]
     assert 5 < sum(picked) < 35                                  # a fair coin per sample and step
-    plain = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
+    plain = cache_latents(load_dataset_folder(root), tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
     assert all(s.latent_flipped is None for s in plain.samples) and not plain.flip_aug
+    # a subset option, as in kohya: a mirrored style folder beside an unmirrored character folder
+    other = make_kohya_folder(str(tmp_path / "other"), {"2_y": [(64, 64)]})
+    mixed = cache_latents(load_dataset_folder(other).combined_with(dataset), tiny_vae_encoder,
+                          BucketSettings((64, 64), 64, 64), vae_batch_size=3)
+    assert {s.subset: s.latent_flipped is not None for s in mixed.samples} == {"2_y": False, "4_x": True}
 
 
 def disk_cache(dataset, encoder, **options):
@@ -102,12 +107,12 @@ def test_disk_cache_encodes_once_then_only_what_changed(tmp_path, tiny_vae_encod
     write_image(str(tmp_path / "set" / "2_x" / "0.png"), (64, 64), seed=99)       # the image's bytes change
     assert disk_cache(load_dataset_folder(root), encoder).disk_counts == (2, 1) and sum(calls) == 1
     calls.clear()
-    flipped = disk_cache(load_dataset_folder(root), encoder, flip_aug=True)  # another setting: all again
+    flipped = disk_cache(load_dataset_folder(root, flip_aug=True), encoder)  # another setting: all again
     assert flipped.disk_counts == (0, 3) and sum(calls) == 6
     with np.load(npz) as stored:
         assert stored["latents_flipped"].shape == (4, 8, 8)
-    resized = cache_latents(load_dataset_folder(root), encoder, BucketSettings((128, 128), enabled=False),
-                            cache_mode="disk", flip_aug=True)               # another resolution: all again
+    resized = cache_latents(load_dataset_folder(root, flip_aug=True), encoder,
+                            BucketSettings((128, 128), enabled=False), cache_mode="disk")   # another resolution
     assert resized.disk_counts == (0, 3)
 
 
@@ -159,17 +164,16 @@ def test_alpha_mask_weights_the_loss_from_transparency_or_a_mask_file(tmp_path, 
     Image.new("RGB", (64, 64), (50, 60, 70)).save(folder / "photo.jpg")
     Image.new("L", (64, 64), 0).save(folder / "photo_mask.png")        # a mask file: ignore everything
     Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "plain.png")
-    dataset = load_dataset_folder(str(tmp_path / "set"))
+    dataset = load_dataset_folder(str(tmp_path / "set"), alpha_mask=True, flip_aug=True)
     assert sorted(os.path.basename(e.path) for e in dataset.subsets[0].images) == ["half.png", "photo.jpg",
                                                                                    "plain.png"]
-    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64), alpha_mask=True,
-                          flip_aug=True, cache_mode="disk")
+    cache = cache_latents(dataset, tiny_vae_encoder, BucketSettings((64, 64), 64, 64), cache_mode="disk")
     masks = {os.path.basename(s.image_path): s.alpha_mask for s in cache.samples}
     assert masks["plain.png"] is None                                  # nothing says where: train everywhere
     assert masks["half.png"].shape == (8, 8) and torch.equal(masks["half.png"][:, :4], torch.ones(8, 4))
     assert torch.equal(masks["half.png"][:, 4:], torch.zeros(8, 4)) and masks["photo.jpg"].abs().sum() == 0
-    again = cache_latents(load_dataset_folder(str(tmp_path / "set")), tiny_vae_encoder,
-                          BucketSettings((64, 64), 64, 64), alpha_mask=True, flip_aug=True, cache_mode="disk")
+    again = cache_latents(load_dataset_folder(str(tmp_path / "set"), alpha_mask=True, flip_aug=True),
+                          tiny_vae_encoder, BucketSettings((64, 64), 64, 64), cache_mode="disk")
     assert again.disk_counts == (3, 0)
     assert all(torch.equal(a.alpha_mask, b.alpha_mask) for a, b in zip(cache.samples, again.samples)
                if a.alpha_mask is not None)

@@ -125,12 +125,13 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
 
 
 def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "",
-                        repeats: str = "", caption_options: CaptionOptions | None = None) -> Dataset:
+                        repeats: str = "", caption_options: CaptionOptions | None = None, flip_aug: bool = False,
+                        alpha_mask: bool = False) -> Dataset:
     """Scan `root` (and a regularization folder in the same layout) for `N_name` sub-folders.
 
     `repeats` overrides folders' repeat counts ('10_sks dog=5, style=2', see parse_repeats_override); it also
-    admits a folder without an N_ prefix. `caption_options` apply to every subset found here (kohya's per-step
-    caption processing). DatasetError, naming the folder, when nothing in it is trainable.
+    admits a folder without an N_ prefix. `caption_options`, `flip_aug` and `alpha_mask` apply to every subset
+    found here (kohya's subset options). DatasetError, naming the folder, when nothing in it is trainable.
     """
     caption_options = caption_options or CaptionOptions()
     problems = caption_options.problems()
@@ -153,7 +154,8 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
         raise DatasetError(f"repeats names {', '.join(unknown)}, which is no sub-folder here; the sub-folders are: "
                            f"{names}.")
     check_unique_names(subsets)
-    subsets = [dataclasses.replace(subset, caption_options=caption_options) for subset in subsets]
+    subsets = [dataclasses.replace(subset, caption_options=caption_options, flip_aug=flip_aug, alpha_mask=alpha_mask)
+               for subset in subsets]
     for item in skipped:
         logger.warning("lora-trainer dataset: skipped %s", item.describe())
     for warning in warnings:

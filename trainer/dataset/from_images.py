@@ -41,7 +41,7 @@ def split_captions(captions: list[str], count: int) -> list[str]:
 
 
 def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str, repeats: int,
-                        caption_options: CaptionOptions | None = None) -> Dataset:
+                        caption_options: CaptionOptions | None = None, flip_aug: bool = False) -> Dataset:
     """`images`: [H, W, 3] uint8 arrays, in order; `name` is the class tokens (caption of uncaptioned images)."""
     name = name.strip()
     if not images:
@@ -65,5 +65,5 @@ def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str
     if problems:
         raise DatasetError("Caption settings: " + "; ".join(problems) + ".")
     subset = Subset(folder, repeats, name, tuple(entries), caption_extension="(captions from the graph)",
-                    caption_options=options)
+                    caption_options=options, flip_aug=flip_aug)
     return Dataset(GRAPH_ROOT, subset.caption_extension, (subset,))

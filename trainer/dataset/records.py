@@ -48,6 +48,8 @@ class Subset:
     empty_captions: int = 0
     caption_extension: str = ".txt"
     caption_options: CaptionOptions = field(default_factory=CaptionOptions)
+    flip_aug: bool = False         # kohya's flip_aug: each image cached mirrored too, one of the two per draw
+    alpha_mask: bool = False       # kohya's alpha_mask: transparency (or <stem>_mask.png) weights the loss
 
     @property
     def name(self) -> str:
@@ -117,7 +119,9 @@ class Dataset:
                 line += f", {missing} captioned '{subset.class_tokens}' (no caption file)"
             if subset.empty_captions:
                 line += f", {subset.empty_captions} empty caption file(s)"
-            lines.append(line + (f"; captions: {options}" if options else ""))
+            augment = [name for name in ("flip_aug", "alpha_mask") if getattr(subset, name)]
+            lines.append(line + (f"; captions: {options}" if options else "")
+                         + (f"; {', '.join(augment)}" if augment else ""))
         for name in self.skipped_folders:
             lines.append(f"  ignored folder (no N_ repeat prefix, e.g. '10_{name}'): {name}")
         lines.extend(describe_skips(self.skipped))

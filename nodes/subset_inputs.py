@@ -1,4 +1,5 @@
-"""The caption-processing widgets both dataset nodes offer (kohya's names and defaults), and reading them."""
+"""The per-subset widgets both dataset nodes offer (kohya's subset options: caption processing, flip_aug,
+alpha_mask; kohya's names and defaults), and reading them."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def caption_option_inputs() -> list:
         io.String.Input("caption_prefix", default="", optional=True, tooltip="Put before every caption."),
         io.String.Input("caption_suffix", default="", optional=True, tooltip="Put after every caption."),
     ]
+
+
+def augmentation_inputs(with_alpha_mask: bool = True) -> list:
+    inputs = [io.Boolean.Input("flip_aug", default=False, optional=True,
+                               tooltip="Also cache each image mirrored; training takes one of the two at random "
+                                       "(kohya's flip_aug). Doubles these images' cached latents.")]
+    if with_alpha_mask:
+        inputs.append(io.Boolean.Input("alpha_mask", default=False, optional=True,
+                                       tooltip="Weight the loss by each image's transparency (or a <name>_mask.png "
+                                               "beside it: white trains, black is ignored), as kohya's alpha_mask."))
+    return inputs
 
 
 CAPTION_OPTION_NAMES = tuple(CaptionOptions.__dataclass_fields__)
