@@ -203,3 +203,29 @@ def test_the_node_summary_shows_a_bucket_histogram_and_steps_per_epoch(tmp_path,
     assert "   64x64   ######################## 6 with repeats" in text
     assert "  128x64   ############ 3 with repeats" in text
     assert "steps per epoch (kohya's count) at batch 1: 9, batch 2: 5, batch 4: 3, batch 8: 2" in text
+
+
+def test_caching_streams_images_one_vae_batch_at_a_time(tmp_path, tiny_vae_encoder, monkeypatch):
+    """Memory does not grow with the folder: decoded images live only for the VAE batch that encodes them."""
+    import gc
+    import weakref
+
+    from tests.helpers import make_kohya_folder
+    from trainer import latent_cache
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(64, 64)] * 12})
+    decoded, most = [], [0]
+    decode = latent_cache.entry_image
+
+    def tracked(entry, transparent_on_white, with_mask):
+        gc.collect()
+        most[0] = max(most[0], sum(ref() is not None for ref in decoded))
+        image, mask = decode(entry, transparent_on_white, with_mask)
+        decoded.append(weakref.ref(image))
+        return image, mask
+
+    monkeypatch.setattr(latent_cache, "entry_image", tracked)
+    cache = cache_latents(load_dataset_folder(root), tiny_vae_encoder, BucketSettings((64, 64), 64, 64),
+                          vae_batch_size=3)
+    assert len(cache.samples) == 12 and len(decoded) == 12
+    assert most[0] <= 2                                        # the rest of this VAE batch, never earlier ones
