@@ -1,7 +1,8 @@
 """Scanning a dataset folder (headers only) against decoding the same files, in one process.
 
 Builds a folder of N images (JPEG and PNG, 768x512, noisy), then times, interleaved over several rounds,
-`load_dataset_folder` (headers, EXIF, caption lookups) and a plain full decode of every file with PIL.
+`load_dataset_folder` (headers, EXIF, caption lookups) plus kohya's bucket choice for every image, and a
+plain full decode of every file with PIL.
 The ratio says how much of a decode the scan costs. Run from the repository root:
     .venv/bin/python -m benchmarks.dataset_scan [--images 2000] [--rounds 3]
 """
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.dataset import load_dataset_folder
+from trainer.dataset.buckets import BucketSettings, select_bucket
 
 
 def build_folder(root: str, count: int) -> list[str]:
@@ -56,14 +58,16 @@ def main() -> None:
         paths = build_folder(root, args.images)
         print(f"built {len(paths)} images in {time.perf_counter() - started:.1f} s")
         scans, decodes = [], []
+        settings = BucketSettings().validated()
         for _ in range(args.rounds):
             started = time.perf_counter()
             dataset = load_dataset_folder(root)
+            buckets = {select_bucket(settings, *entry.size).bucket for s in dataset.subsets for entry in s.images}
             scans.append(time.perf_counter() - started)
             started = time.perf_counter()
             decode_all(paths)
             decodes.append(time.perf_counter() - started)
-        assert dataset.num_images == args.images
+        assert dataset.num_images == args.images and buckets
         scan, decode = statistics.median(scans), statistics.median(decodes)
         print(f"scan {scan * 1000:.0f} ms, full decode {decode * 1000:.0f} ms (medians of {args.rounds}); "
               f"ratio scan / decode = {scan / decode:.4f}")

@@ -28,7 +28,7 @@ sys.path.insert(0, REPO_ROOT)
 
 from tests.comfyui import harness  # noqa: E402  (stdlib only: no torch, no ComfyUI)
 REPO_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
-OLDEST_PYTHON = os.path.join(REPO_ROOT, ".venv-oldest", "bin", "python")    # requires-python's floor
+OLDEST_VENV_PYTHON = os.path.join(REPO_ROOT, ".venv-oldest", "bin", "python")    # requires-python's floor
 SEPARATOR = ":"
 
 
@@ -105,11 +105,11 @@ def plan_runs(requested_paths: list[str]) -> list[TierRun]:
     engine_paths = tier_paths(requested_paths, "tests/engine")
     if engine_paths:
         runs.append(TierRun("engine tier", REPO_PYTHON, engine_paths))
-        oldest = TierRun(f"engine tier on the oldest claimed Python ({claimed_python_floor()})", OLDEST_PYTHON,
-                         engine_paths)
-        if not os.path.isfile(OLDEST_PYTHON):
+        oldest = TierRun(f"engine tier on the oldest claimed Python ({claimed_python_floor()})",
+                         OLDEST_VENV_PYTHON, engine_paths)
+        if not os.path.isfile(OLDEST_VENV_PYTHON):
             oldest.skip_reason = (f"no .venv-oldest; `bash scripts/setup.sh` makes one where Python "
-                                  f"{claimed_python_floor()} is installed (or set OLDEST_PYTHON)")
+                                  f"{claimed_python_floor()} is installed (or names one in OLDEST_PYTHON)")
         runs.append(oldest)
     comfy_paths = tier_paths(requested_paths, "tests/comfyui")
     if comfy_paths:

@@ -145,8 +145,11 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     planned: dict[Size, list[tuple[object, object, BucketChoice, Size]]] = {}
     skipped: list[Skipped] = []
     ar_errors = []
+    used_reg = dataset.reg_balance()                  # kohya caches only the reg images balancing uses
     for subset in dataset.subsets:
         for entry in subset.images:
+            if subset.is_reg and entry.path not in used_reg:
+                continue
             choice = select_bucket(settings, *entry.size)
             if min(choice.bucket) < settings.bucket_reso_steps:
                 skipped.append(Skipped(entry.path, f"{entry.size[0]}x{entry.size[1]} is smaller than one bucket "

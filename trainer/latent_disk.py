@@ -5,7 +5,7 @@ float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b], `latents_flipped` wit
 `alpha_mask` (H, W) in 0..1 with alpha masks;
 kohya's own trainer reads our files. kohya reuses a file when the keys are there; we also store what the
 latent was made from (`lora_trainer_source`: the image file's bytes hash, bucket, resize, transparency,
-flip, the VAE's identity) and re-encode when any of it changed. A folder we cannot write to gets its files
+flip, the mask file's bytes hash with alpha masks, the VAE's identity) and re-encode when any of it changed. A folder we cannot write to gets its files
 under a fallback folder instead, named by the image's path.
 """
 
@@ -22,6 +22,7 @@ from PIL import Image
 
 from .atomic_files import write_atomic
 from .dataset.buckets import BucketChoice, Size
+from .dataset.images import mask_file
 
 SOURCE_KEY = "lora_trainer_source"
 
@@ -74,9 +75,13 @@ class DiskLatentStore:
         self.written = 0
 
     def source(self, image_path: str, choice: BucketChoice, flip: bool = False, alpha_mask: bool = False) -> dict:
-        return {"image_sha256": file_digest(image_path), "bucket": list(choice.bucket),
-                "resized": list(choice.resized), "vae": self.vae_identity, "flip": flip, "alpha_mask": alpha_mask,
-                **self.settings_key}
+        source = {"image_sha256": file_digest(image_path), "bucket": list(choice.bucket),
+                  "resized": list(choice.resized), "vae": self.vae_identity, "flip": flip, "alpha_mask": alpha_mask,
+                  **self.settings_key}
+        if alpha_mask:                              # an edited, added or removed mask file changes the loss too
+            mask = mask_file(image_path)
+            source["mask_sha256"] = file_digest(mask) if os.path.isfile(mask) else None
+        return source
 
     def candidates(self, image_path: str, original_size: Size) -> list[str]:
         name = npz_name(image_path, original_size)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.helpers import make_kohya_folder, make_messy_folder
+from tests.helpers import make_kohya_folder, make_messy_folder, write_image
 
 from . import harness
 from .server import ComfyServer
@@ -40,6 +40,7 @@ def server(tmp_path_factory):
     os.makedirs(base / "input" / "empty_dataset")
     make_messy_folder(str(base / "input" / "messy"))
     make_kohya_folder(str(base / "input" / "reg"), {"1_dog": [(64, 64)] * 4})
+    make_kohya_folder(str(base / "input" / "growing"), {"2_sks dog": [(64, 64)] * 2})
     graph_set = make_kohya_folder(str(base / "input" / "graphset"), {"3_sks dog": [(64, 64)] * 3},
                                   {"3_sks dog/0": "a photo of sks dog", "3_sks dog/1": "sks dog on grass"})
     for index in range(3):                       # the same files where ComfyUI's LoadImage lists them
@@ -230,7 +231,7 @@ def test_dataset_from_images_trains_the_same_lora_as_the_same_folder(server):
     from_graph["23"] = {"class_type": "ImageBatch", "inputs": {"image1": ["20", 0], "image2": ["21", 0]}}
     from_graph["24"] = {"class_type": "ImageBatch", "inputs": {"image1": ["23", 0], "image2": ["22", 0]}}
     from_graph["2"] = {"class_type": "LoRADatasetFromImages",
-                       "inputs": {"images": ["24", 0], "captions": "a photo of sks dog\nsks dog on grass\n",
+                       "inputs": {"images": ["24", 0], "captions": "a photo of sks dog\nsks dog on grass\nsks dog",
                                   "name": "sks dog", "repeats": 3}}
     tensors = {}
     for graph, name in ((from_folder, "folder_twin"), (from_graph, "graph_twin")):
@@ -272,6 +273,20 @@ def test_shuffled_captions_train_with_comfyuis_clip_encoding_every_step(server):
     assert metadata["ss_shuffle_caption"] == "True" and metadata["ss_keep_tokens"] == "1"
     assert metadata["ss_caption_tag_dropout_rate"] == "0.3"
     assert "captions: shuffle_caption=True, keep_tokens=1" in entry["outputs"]["2"]["text"][0]
+
+
+def test_adding_an_image_to_the_folder_re_runs_the_dataset_and_everything_after_it(server):
+    graph = training_graph("growing_lora", folder="growing", epochs=1)
+    first = server.wait(server.queue(graph))
+    assert first["status"]["status_str"] == "success", error_message(first)
+    again = server.wait(server.queue(graph))                    # nothing changed: all of it from the cache
+    assert "2" in [data for kind, data in again["status"]["messages"] if kind == "execution_cached"][0]["nodes"]
+    write_image(os.path.join(server.base_dir, "input", "growing", "2_sks dog", "new.png"), (64, 64), seed=5)
+    third = server.wait(server.queue(graph))
+    assert third["status"]["status_str"] == "success", error_message(third)
+    cached = [data for kind, data in third["status"]["messages"] if kind == "execution_cached"][0]["nodes"]
+    assert "2" not in cached and "6" not in cached             # the dataset and Train ran again
+    assert "3 image(s)" in third["outputs"]["2"]["text"][0]
 
 
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):

@@ -193,8 +193,9 @@ def test_images_from_the_graph_become_a_subset_with_their_captions():
 
     from trainer.dataset.from_images import dataset_from_pixels, split_captions
 
-    assert split_captions(["a\nb\n"], 3) == ["a", "b", ""]                  # an empty line: the name
+    assert split_captions(["a\n\nc"], 3) == ["a", "", "c"]                  # an empty line: the name
     assert split_captions(["a\r\nb\n"], 2) == ["a", "b"]                    # the editor's last newline
+    assert split_captions(["a red car\n"], 2) == ["a red car"] * 2
     assert split_captions(["one for all"], 3) == ["one for all"] * 3
     assert split_captions(["x", "y"], 2) == ["x", "y"]
     with pytest.raises(DatasetError, match="3 image\\(s\\) but 2 caption"):
@@ -204,7 +205,35 @@ def test_images_from_the_graph_become_a_subset_with_their_captions():
     subset = dataset.subsets[0]
     assert (subset.name, subset.repeats, subset.class_tokens) == ("5_sks car", 5, "sks car")
     assert [(e.caption, e.size, e.caption_from_file) for e in subset.images] == [
-        ("a red car", (96, 64), True), ("sks car", (64, 64), False)]
+        ("a red car", (96, 64), True), ("a red car", (64, 64), True)]
+    assert [e.caption for e in dataset_from_pixels(pixels, ["\n"], "sks car", 1).subsets[0].images] == [
+        "sks car", "sks car"]                                               # no caption: the name
     assert subset.images[0].path != subset.images[1].path and dataset.num_train_images == 10
     with pytest.raises(DatasetError, match="no images"):
         dataset_from_pixels([], [], "x", 1)
+
+
+def test_an_unreadable_sub_folder_is_skipped_not_fatal(tmp_path, monkeypatch):
+    from trainer.dataset import folders
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"2_good": [(64, 64)], "3_locked": [(64, 64)]})
+    scandir = os.scandir
+
+    def refusing(path):                               # what a folder without read permission answers
+        if str(path).endswith("3_locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(folders.os, "scandir", refusing)
+    dataset = load_dataset_folder(root)
+    assert [s.name for s in dataset.subsets] == ["2_good"]
+    assert any("3_locked" in item.path and "cannot be read (Permission denied)" in item.reason
+               for item in dataset.skipped)
+
+
+def test_mask_files_are_images_unless_alpha_mask_is_on(tmp_path):
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(64, 64)]})
+    write_image(str(tmp_path / "set" / "1_x" / "0_MASK.png"), (64, 64))
+    assert len(load_dataset_folder(root).subsets[0].images) == 2
+    assert [os.path.basename(e.path) for e in load_dataset_folder(root, alpha_mask=True).subsets[0].images] == [
+        "0.png"]

@@ -32,7 +32,15 @@ def test_regularization_images_are_balanced_weighted_and_recorded(tmp_path, tiny
 
     root = make_kohya_folder(str(tmp_path / "train"), {"3_sks dog": [(64, 64)] * 2})
     reg = make_kohya_folder(str(tmp_path / "reg"), {"1_dog": [(64, 64)] * 8})
-    cache = cache_latents(load_dataset_folder(root, ".txt", reg), tiny_vae_encoder, BucketSettings((64, 64), 64, 64))
+    encoded = []
+
+    class CountingEncoder:
+        def encode(self, pixels):
+            encoded.append(pixels.shape[0])
+            return tiny_vae_encoder.encode(pixels)
+
+    cache = cache_latents(load_dataset_folder(root, ".txt", reg), CountingEncoder(), BucketSettings((64, 64), 64, 64))
+    assert sum(encoded) == 2 + 6                                  # the 2 unused reg images are never encoded
     reg_samples = [s for s in cache.samples if s.is_reg]
     assert len(reg_samples) == 6 and all(s.repeats == 1 for s in reg_samples)    # 6 of 8 reach the 6 train samples
     assert cache.num_train_images == 6 and cache.num_reg_images == 6
@@ -179,6 +187,11 @@ def test_alpha_mask_weights_the_loss_from_transparency_or_a_mask_file(tmp_path, 
                if a.alpha_mask is not None)
     with np.load(folder / "half_0064x0064_sd.npz") as stored:
         assert stored["alpha_mask"].shape == (64, 64) and float(stored["alpha_mask"].max()) == 1.0
+    Image.new("L", (64, 64), 255).save(folder / "photo_mask.png")      # the mask is edited: that image again
+    edited = cache_latents(load_dataset_folder(str(tmp_path / "set"), alpha_mask=True, flip_aug=True),
+                           tiny_vae_encoder, BucketSettings((64, 64), 64, 64), cache_mode="disk")
+    assert edited.disk_counts == (2, 1)
+    assert next(s for s in edited.samples if s.image_path.endswith("photo.jpg")).alpha_mask.min() == 1.0
 
     only_photo = dataclasses_replace_buckets(cache, "photo.jpg")
     result = train_lora(tiny_trainable, only_photo, NetworkConfig(rank=2), OptimizerConfig(),
@@ -229,3 +242,22 @@ def test_caching_streams_images_one_vae_batch_at_a_time(tmp_path, tiny_vae_encod
                           vae_batch_size=3)
     assert len(cache.samples) == 12 and len(decoded) == 12
     assert most[0] <= 2                                        # the rest of this VAE batch, never earlier ones
+
+
+def test_nan_latents_are_refused_naming_the_file(tmp_path, tiny_vae_encoder):
+    import pytest
+
+    from tests.helpers import make_kohya_folder
+    from trainer.errors import TrainerError
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(64, 64), (64, 64)]})
+
+    class HalfBrokenVAE:                                           # an fp16 VAE overflowing on the second image
+        def encode(self, pixels):
+            latents = tiny_vae_encoder.encode(pixels)
+            latents[1:] = float("nan")
+            return latents
+
+    with pytest.raises(TrainerError, match=r"NaN/inf latents for \S*1\.png\. An fp16 VAE") as info:
+        cache_latents(load_dataset_folder(root), HalfBrokenVAE(), BucketSettings((64, 64), 64, 64), vae_batch_size=2)
+    assert "0.png" not in str(info.value)

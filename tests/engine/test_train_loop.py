@@ -230,16 +230,16 @@ def test_shuffled_captions_are_encoded_per_step_and_a_resumed_run_sees_the_same_
 
     cancels = {"n": 0}
 
-    def cancel_at_step_4():
+    def cancel_at_step_5():
         cancels["n"] += 1
-        if cancels["n"] == 4:
+        if cancels["n"] == 5:                             # mid-epoch: 3 steps per epoch, 4 done
             raise Cancelled()
 
     def keep(progress, state, exc):
         save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
 
     with pytest.raises(Cancelled):
-        train_lora(model([]), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_4, on_abort=keep))
+        train_lora(model([]), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_5, on_abort=keep))
     resumed = train_lora(model([]), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
     assert resumed.progress.losses == whole.progress.losses
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..errors import DatasetError
+
 
 @dataclass(frozen=True)
 class CaptionOptions:
@@ -41,6 +43,13 @@ class CaptionOptions:
         """True when the caption can differ from step to step (so it cannot be encoded once up front)."""
         return (self.processes_tags or self.caption_dropout_rate > 0 or self.caption_dropout_every_n_epochs > 0)
 
+    def checked(self) -> "CaptionOptions":
+        """These options, or a DatasetError naming every bad one."""
+        found = self.problems()
+        if found:
+            raise DatasetError("Caption settings: " + "; ".join(found) + ".")
+        return self
+
     def problems(self) -> list[str]:
         found = []
         for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
@@ -59,6 +68,7 @@ def sample_random(seed: int, epoch: int, draw: int) -> random.Random:
 
 
 def split_tags(text: str, separator: str) -> list[str]:
+    """Tags, stripped; empty ones ("a, , b") are dropped, where kohya keeps and re-joins them."""
     return [tag.strip() for tag in text.split(separator) if tag.strip()]
 
 
@@ -77,9 +87,11 @@ def process_caption(caption: str, options: CaptionOptions, rng: random.Random, e
     keep_separator = options.keep_tokens_separator
     if options.processes_tags:
         if keep_separator and keep_separator in caption:
-            parts = caption.split(keep_separator)
-            fixed, flex = split_tags(parts[0], separator), split_tags(parts[1], separator)
-            fixed_suffix = split_tags(parts[2], separator) if len(parts) > 2 else []
+            # kohya splits once, then once more: further separators stay inside the fixed suffix
+            front, flexible = caption.split(keep_separator, 1)
+            flexible, back = flexible.split(keep_separator, 1) if keep_separator in flexible else (flexible, "")
+            fixed, flex, fixed_suffix = (split_tags(front, separator), split_tags(flexible, separator),
+                                         split_tags(back, separator))
         else:
             tags = split_tags(caption, separator)
             fixed, flex, fixed_suffix = tags[:options.keep_tokens], tags[options.keep_tokens:], []

@@ -22,7 +22,7 @@ import os
 from ..errors import DatasetError
 from .caption_processing import CaptionOptions
 from .captions import find_caption
-from .images import UnreadableImage, read_header
+from .images import UnreadableImage, is_mask_file, read_header
 from .records import SHOWN_SKIPS, Dataset, ImageEntry, Skipped, Subset, check_unique_names
 
 logger = logging.getLogger(__name__)
@@ -54,13 +54,20 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_images(folder: str, skipped: list[Skipped] | None = None) -> list[str]:
+def list_images(folder: str, skipped: list[Skipped] | None = None, masks_beside: bool = False) -> list[str]:
     """Image files directly in `folder`, any extension case, sorted (kohya's glob_images).
 
-    Hidden files are ignored; sub-folders are not searched (as kohya) and, with `skipped`, reported.
+    Hidden files are ignored; sub-folders are not searched (as kohya) and, with `skipped`, reported. With
+    `masks_beside` (alpha_mask), `<stem>_mask.png` beside an image is its loss mask, not a training image.
     """
     found = []
-    for entry in os.scandir(folder):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        if skipped is not None:
+            skipped.append(Skipped(folder, f"the folder cannot be read ({exc.strerror or exc})"))
+        return []
+    for entry in entries:
         if is_hidden(entry.name):
             continue
         if entry.is_dir():
@@ -70,10 +77,10 @@ def list_images(folder: str, skipped: list[Skipped] | None = None) -> list[str]:
             continue
         if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
             found.append(entry.path)
-    # `<stem>_mask.png` beside an image is that image's loss mask (alpha_mask), not a training image
-    stems = {os.path.splitext(path)[0] for path in found}
-    return sorted(path for path in found
-                  if not (path.endswith("_mask.png") and path[: -len("_mask.png")] in stems))
+    if masks_beside:
+        stems = {os.path.splitext(path)[0] for path in found}
+        found = [path for path in found if not is_mask_file(path, stems)]
+    return sorted(found)
 
 
 def scan_image(path: str) -> tuple[int, int] | Skipped:
@@ -97,10 +104,10 @@ def normalized_extension(caption_extension: str) -> str:
 
 
 def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: str, skipped: list[Skipped],
-                warnings: list[str], is_reg: bool = False) -> Subset | None:
+                warnings: list[str], is_reg: bool = False, masks_beside: bool = False) -> Subset | None:
     """One N_name folder; None (with the reason in `skipped`) when nothing in it can be trained."""
     entries, empty = [], 0
-    for image_path in list_images(path, skipped):
+    for image_path in list_images(path, skipped, masks_beside):
         scanned = scan_image(image_path)
         if isinstance(scanned, Skipped):
             skipped.append(scanned)
@@ -119,7 +126,7 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
         empty += caption_file.text == ""
         entries.append(ImageEntry(image_path, caption_file.text, True, scanned))
     if not entries:
-        skipped.append(Skipped(path, "no usable images (.png, .jpg, .jpeg, .webp, .bmp) in this folder"))
+        skipped.append(Skipped(path, f"no usable images ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
         return None
     return Subset(path, repeats, class_tokens, tuple(entries), is_reg, empty, caption_extension)
 
@@ -133,17 +140,14 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
     admits a folder without an N_ prefix. `caption_options`, `flip_aug` and `alpha_mask` apply to every subset
     found here (kohya's subset options). DatasetError, naming the folder, when nothing in it is trainable.
     """
-    caption_options = caption_options or CaptionOptions()
-    problems = caption_options.problems()
-    if problems:
-        raise DatasetError("Caption settings: " + "; ".join(problems) + ".")
+    caption_options = (caption_options or CaptionOptions()).checked()
     caption_extension = normalized_extension(caption_extension)
     overrides = parse_repeats_override(repeats)
     used: set[str] = set()
-    subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False, overrides, used)
+    subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False, overrides, used, alpha_mask)
     if regularization_folder:
         reg_subsets, reg_unprefixed, reg_skipped, reg_warnings = scan_root(regularization_folder, caption_extension,
-                                                                           True, overrides, used)
+                                                                           True, overrides, used, alpha_mask)
         subsets += reg_subsets
         unprefixed += [os.path.join(regularization_folder, name) for name in reg_unprefixed]
         skipped += reg_skipped
@@ -176,7 +180,7 @@ def folder_repeats(name: str, overrides: dict[str, int], used: set[str]) -> tupl
 
 
 def scan_root(root: str, caption_extension: str, is_reg: bool, overrides: dict[str, int] | None = None,
-              used: set[str] | None = None):
+              used: set[str] | None = None, masks_beside: bool = False):
     """(subsets, unprefixed folder names, skipped, warnings) of one folder; DatasetError if none is usable."""
     overrides, used = overrides or {}, used if used is not None else set()
     kind = "Regularization folder" if is_reg else "Dataset folder"
@@ -201,7 +205,8 @@ def scan_root(root: str, caption_extension: str, is_reg: bool, overrides: dict[s
         if repeats < 1:
             skipped.append(Skipped(folder.path, f"{repeats} repeats: the number before '_' must be 1 or more"))
             continue
-        subset = scan_subset(folder.path, repeats, class_tokens, caption_extension, skipped, warnings, is_reg)
+        subset = scan_subset(folder.path, repeats, class_tokens, caption_extension, skipped, warnings, is_reg,
+                             masks_beside)
         if subset is not None:
             subsets.append(subset)
     if not subsets:

@@ -21,14 +21,16 @@ GRAPH_ROOT = "images from the graph"
 def split_captions(captions: list[str], count: int) -> list[str]:
     """One caption per image: a STRING per image, or one multi-line STRING with a line per image.
 
-    A single one-line caption (or none) captions every image alike; an empty line falls back to the name.
+    A single one-line caption (or none) captions every image alike; an empty line falls back to the name; one
+    newline at the very end is ignored (editors leave it), so "a red car\n" captions every image alike.
     """
     if len(captions) == count:
         return [caption.strip() for caption in captions]
     if len(captions) == 1:
-        lines = [line.strip() for line in captions[0].replace("\r\n", "\n").split("\n")]
-        if len(lines) == count + 1 and not lines[-1]:
-            lines.pop()                       # the newline an editor leaves after the last caption
+        text = captions[0].replace("\r\n", "\n")
+        if text.endswith("\n"):
+            text = text[:-1]                  # the newline an editor leaves after the last caption
+        lines = [line.strip() for line in text.split("\n")]
         if len(lines) == count:
             return lines
         if len(lines) == 1:
@@ -60,10 +62,7 @@ def dataset_from_pixels(images: list[np.ndarray], captions: list[str], name: str
         digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:12]
         entries.append(ImageEntry(os.path.join(folder, f"{index:04d}-{digest}"), caption or name, bool(caption),
                                   (pixels.shape[1], pixels.shape[0]), pixels))
-    options = caption_options or CaptionOptions()
-    problems = options.problems()
-    if problems:
-        raise DatasetError("Caption settings: " + "; ".join(problems) + ".")
+    options = (caption_options or CaptionOptions()).checked()
     subset = Subset(folder, repeats, name, tuple(entries), caption_extension="(captions from the graph)",
                     caption_options=options, flip_aug=flip_aug)
     return Dataset(GRAPH_ROOT, subset.caption_extension, (subset,))

@@ -93,11 +93,22 @@ def read_header(path: str) -> ImageHeader:
     with _open(path) as image:
         width, height = image.size
         orientation = header_orientation(image)
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        has_alpha = has_transparency(image)
     if width < 1 or height < 1:
         raise UnreadableImage(path, f"its header says {width}x{height}")
     # EXIF orientations 5..8 turn the picture by 90 degrees: the trained image is the transposed one
     return ImageHeader((height, width) if orientation in (5, 6, 7, 8) else (width, height), has_alpha)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """An alpha channel, or a transparent colour (PNG tRNS in palette, gray or RGB images)."""
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def is_mask_file(path: str, image_stems: set[str]) -> bool:
+    """`<stem>_mask.png` beside an image `<stem>.*`: that image's loss mask (mask_file), any letter case."""
+    base, extension = os.path.splitext(path)
+    return extension.lower() == ".png" and base.lower().endswith("_mask") and base[:-len("_mask")] in image_stems
 
 
 def to_rgb(image: Image.Image, transparent_on_white: bool = True) -> Image.Image:
@@ -106,9 +117,11 @@ def to_rgb(image: Image.Image, transparent_on_white: bool = True) -> Image.Image
         # 16-bit grayscale PNGs: scale to 8 bits instead of clipping at 255
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        transparency = image.info.get("transparency")
         image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha and transparent_on_white:
+        if transparency is not None:                  # a tRNS gray level, scaled the same way
+            image.info["transparency"] = int(min(255, transparency * 255.0 / peak + 0.5))
+    if has_transparency(image) and transparent_on_white:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.split()[-1])
@@ -145,7 +158,7 @@ def open_rgb_and_mask(path: str, transparent_on_white: bool = True) -> tuple[Ima
     """
     image = _decode(path)
     mask = None
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         mask = image.convert("RGBA").split()[-1]
     elif os.path.isfile(mask_file(path)):
         mask = _decode(mask_file(path)).convert("L")
