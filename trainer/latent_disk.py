@@ -5,8 +5,9 @@ float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b], `latents_flipped` wit
 `alpha_mask` (H, W) in 0..1 with alpha masks;
 kohya's own trainer reads our files. kohya reuses a file when the keys are there; we also store what the
 latent was made from (`lora_trainer_source`: the image file's bytes hash, bucket, resize, transparency,
-flip, the mask file's bytes hash with alpha masks, the VAE's identity) and re-encode when any of it changed. A folder we cannot write to gets its files
-under a fallback folder instead, named by the image's path.
+flip, the mask file's bytes hash with alpha masks, the VAE's identity) and re-encode when any of it
+changed. A folder we cannot write to gets its files under a fallback folder instead, named by the image's
+folder.
 """
 
 from __future__ import annotations

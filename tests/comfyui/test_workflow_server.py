@@ -55,7 +55,8 @@ def training_graph(output_name: str, folder: str = "dogs", epochs: int = 2, save
     return {
         "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 1}},
         "2": {"class_type": "LoRALoadDatasetFolder",
-              "inputs": {"folder": folder, "caption_extension": ".txt", "regularization_folder": regularization_folder}},
+              "inputs": {"folder": folder, "caption_extension": ".txt",
+                         "regularization_folder": regularization_folder}},
         "3": {"class_type": "LoRABucketCacheLatents",
               "inputs": {"dataset": ["2", 0], "vae": ["1", 2], "resolution": 64, "min_bucket_reso": 64,
                          "max_bucket_reso": 128, "bucket_reso_steps": 64, "bucket_no_upscale": False,
