@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from trainer.kohya_names import transformer_targets
+from trainer.kohya_names import block_targets
 from trainer.latent_cache import CachedSample
 from trainer.loop import TrainStep, frozen
-from trainer.network import LoRANetwork, NetworkConfig
+from trainer.networks import LoRANetwork, NetworkConfig
 from trainer.optim import OptimizerConfig, build_optimizer
 from trainer.text_contexts import CaptionContexts
 from trainer.diffusers_adapter import DiffusersUNetDenoiser, FunctionCaptionEncoder
@@ -44,7 +44,7 @@ def main() -> None:
 
     unet = build_unet(args.device)
     unet.requires_grad_(False)
-    targets = transformer_targets(unet, ("Transformer2DModel",))
+    targets = block_targets(unet, ("Transformer2DModel",))
     network = LoRANetwork(targets, NetworkConfig(rank=16, alpha=16)).to(device)
     optimizer, _ = build_optimizer(OptimizerConfig(), network.trainable_parameters(), total_steps=10_000)
     denoiser = DiffusersUNetDenoiser(unet)

@@ -10,11 +10,13 @@ import torch
 
 from ..trainer.errors import ModelError
 from ..trainer.interfaces import TrainableModel
-from ..trainer.kohya_names import transformer_targets
+from ..trainer.kohya_names import block_targets
 from ..trainer.latent_disk import module_identity
 
 # ComfyUI's class for what kohya (and diffusers) call Transformer2DModel
 COMFY_TRANSFORMER_CLASSES = ("SpatialTransformer",)
+# ComfyUI's classes for kohya's LoCon blocks: ResnetBlock2D, Downsample2D, Upsample2D
+COMFY_CONV_BLOCK_CLASSES = ("ResBlock", "Downsample", "Upsample")
 
 
 class ComfyDenoiser:
@@ -126,8 +128,9 @@ def ldm_to_diffusers_paths(unet_config: dict) -> dict[str, str]:
     return mapping
 
 
-def sd1_lora_targets(unet, unet_config: dict) -> dict:
-    """kohya names (diffusers-style for SD1.x) -> ComfyUI layers, for every Linear/Conv2d in the transformers."""
+def sd1_lora_targets(unet, unet_config: dict, block_classes: tuple[str, ...] = COMFY_TRANSFORMER_CLASSES) -> dict:
+    """kohya names (diffusers-style for SD1.x) -> ComfyUI layers, for every Linear/Conv2d in the given blocks
+    (the transformers by default; LoCon's ResNet and sampling blocks with COMFY_CONV_BLOCK_CLASSES)."""
     paths = ldm_to_diffusers_paths(unet_config)
 
     def rename(ldm_path: str) -> str:
@@ -136,7 +139,7 @@ def sd1_lora_targets(unet, unet_config: dict) -> dict:
                              "layout is not one the trainer knows.")
         return paths[ldm_path]
 
-    return transformer_targets(unet, COMFY_TRANSFORMER_CLASSES, rename)
+    return block_targets(unet, block_classes, rename)
 
 
 def training_patcher(patcher):
@@ -173,8 +176,9 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
         models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
         comfy.model_management.load_models_gpu(models, force_full_load=True)
 
+    conv_targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config, COMFY_CONV_BLOCK_CLASSES)
     return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip),
-                          prepare=load_unet)
+                          conv_targets=conv_targets, prepare=load_unet)
 
 
 def clip_skip_of(clip) -> int | None:

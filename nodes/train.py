@@ -18,7 +18,7 @@ from ..trainer.loop import (TrainCallbacks, TrainProgress, TrainResult, describe
 from ..trainer.lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
 from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
 from ..trainer.metadata import training_metadata
-from ..trainer.network import NetworkConfig
+from ..trainer.networks import NetworkConfig
 from ..trainer.optim import OptimizerConfig
 from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
 from ..trainer.resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name

@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 from .interfaces import TrainableModel
-from .kohya_names import transformer_targets
+from .kohya_names import block_targets
 from .latent_disk import module_identity
 from .objective import scaled_linear_alphas_cumprod
+
+# the blocks kohya's LoCon (networks.lora with conv_dim) wraps besides the transformers
+DIFFUSERS_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 SD1_LATENT_SCALE = 0.18215
 
@@ -59,5 +62,7 @@ class FunctionCaptionEncoder:
 
 
 def diffusers_sd1_trainable(unet: nn.Module, caption_encoder, prediction_type: str = "epsilon") -> TrainableModel:
-    targets = transformer_targets(unet, ("Transformer2DModel",))
-    return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, "sd_v1", caption_encoder)
+    targets = block_targets(unet, ("Transformer2DModel",))
+    conv_targets = block_targets(unet, DIFFUSERS_CONV_BLOCKS)
+    return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, "sd_v1", caption_encoder,
+                          conv_targets=conv_targets)

@@ -6,7 +6,7 @@ trainer/diffusers_adapter.py for diffusers) hands it these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -55,7 +55,7 @@ class LatentEncoder(Protocol):
 class TrainableModel:
     """What one training run needs from a model.
 
-    `lora_targets` maps kohya LoRA module names (`lora_unet_...`) to the layers to wrap, in the
+    `lora_targets` maps kohya LoRA module names (`lora_unet_...`) to the layers plain LoRA wraps, in the
     model's module order; `frozen_root` is the network whose weights stay frozen while training.
     """
 
@@ -64,7 +64,13 @@ class TrainableModel:
     frozen_root: nn.Module
     base_model_version: str          # kohya's ss_base_model_version, e.g. "sd_v1"
     caption_encoder: CaptionEncoder
+    # LoCon's extra layers (ResNet, down- and upsampling blocks), by kohya name; empty where not offered
+    conv_targets: dict[str, nn.Module] = field(default_factory=dict)
     # called once the fixed captions are encoded, before the first step, with True when changing captions
     # (shuffle, dropout) still need the text encoder during training
     prepare: Callable[[bool], None] | None = None
 
+
+    def targets_for(self, wraps_convolutions: bool) -> dict[str, nn.Module]:
+        """The layers a network wraps: LoRA's, plus the convolution blocks' for LoCon."""
+        return {**self.lora_targets, **self.conv_targets} if wraps_convolutions else dict(self.lora_targets)

@@ -20,7 +20,7 @@ from .autograd_weights import replace_inference_tensors
 from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
-from .network import LoRANetwork, NetworkConfig
+from .networks import LoRANetwork, NetworkConfig
 from .objective import noisy_latents_and_target, per_sample_mse
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
@@ -134,9 +134,13 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         # text encoder loaded beside it
         model.prepare(captions.changing)
 
+    targets = model.targets_for(network_config.validated().uses_convolutions)
+    if network_config.uses_convolutions and not model.conv_targets:
+        raise ConfigError(f"{network_config.algorithm} also trains convolution layers, and this model offers none; "
+                          "choose LoRA.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
-        network = LoRANetwork(model.lora_targets, network_config)
+        network = LoRANetwork(targets, network_config)
     network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
@@ -162,7 +166,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
 
     replace_inference_tensors(model.frozen_root)
     first_epoch, done_in_epoch = divmod(progress.step, plan.batches_per_epoch)
-    with frozen(model.frozen_root), network.attached(model.lora_targets):
+    with frozen(model.frozen_root), network.attached(targets):
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)

@@ -9,11 +9,10 @@ from .dataset.caption_processing import CaptionOptions
 from .latent_cache import LatentCache, tag_frequency
 from .lora_file import json_text, model_spec
 from .loop import TrainProgress
-from .network import NetworkConfig
+from .networks import ALGORITHMS, NetworkConfig
 from .optim import OptimizerConfig
 from .plan import TrainPlan, TrainSettings
 
-NETWORK_MODULE = "networks.lora"
 
 
 def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, network: NetworkConfig,
@@ -47,7 +46,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": optimizer.warmup_steps(plan.total_steps),
         "ss_lr_scheduler": optimizer.effective_scheduler(),
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": ALGORITHMS[network.algorithm].network_module,
         "ss_network_dim": network.rank,
         "ss_network_alpha": network.effective_alpha,
         "ss_network_dropout": None,
@@ -115,5 +114,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
     metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))
     if clip_skip:
         metadata["modelspec.encoder_layer"] = str(clip_skip)
+    if network.network_args():                # kohya writes it only when --network_args were given
+        metadata["ss_network_args"] = json_text(network.network_args())
     return metadata
 

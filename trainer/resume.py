@@ -21,7 +21,7 @@ import torch
 from .atomic_files import write_atomic, write_json_atomic
 from .errors import ConfigError
 from .latent_cache import LatentCache
-from .network import NetworkConfig
+from .networks import NetworkConfig
 from .optim import OptimizerConfig
 from .plan import TrainPlan, TrainSettings
 

@@ -56,7 +56,7 @@ def main(work: str) -> None:
     from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
     from comfyui_lora_trainer.trainer.latent_cache import cache_latents
     from comfyui_lora_trainer.trainer.lora_file import save_lora
-    from comfyui_lora_trainer.trainer.network import NetworkConfig
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
     from comfyui_lora_trainer.trainer.optim import OptimizerConfig
     from comfyui_lora_trainer.trainer.plan import TrainSettings
 

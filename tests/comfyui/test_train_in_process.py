@@ -27,7 +27,7 @@ def trained(comfy, pack, tiny, comfy_folders):
 
 def run(model, clip, latents, **settings):
     from comfyui_lora_trainer.nodes.train import run_training
-    from comfyui_lora_trainer.trainer.network import NetworkConfig
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
     from comfyui_lora_trainer.trainer.optim import OptimizerConfig
     from comfyui_lora_trainer.trainer.plan import TrainSettings
 

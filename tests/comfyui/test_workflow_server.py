@@ -143,8 +143,10 @@ def test_graph_trains_saves_and_previews_through_the_executor(server):
     assert "trained 10 step(s)" in outputs["6"]["text"][0]
 
 
-def test_saved_file_loads_in_loraloader_and_matches_train_output(server):
-    graph = training_graph("match_lora")
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon"])
+def test_saved_file_loads_in_loraloader_and_matches_train_output(server, algorithm):
+    graph = training_graph(f"match_{algorithm}")
+    graph["4"]["inputs"].update(algorithm=algorithm, conv_rank=2, conv_alpha=1.0)
     first = server.wait(server.queue(graph))
     assert first["status"]["status_str"] == "success", error_message(first)
     log_before = len(server.read_log())
@@ -152,7 +154,7 @@ def test_saved_file_loads_in_loraloader_and_matches_train_output(server):
     # same graph again (Train is cached, so its MODEL is the one above) plus LoraLoader on the saved file
     graph.update({
         "20": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                      "lora_name": "match_lora.safetensors",
+                                                      "lora_name": f"match_{algorithm}.safetensors",
                                                       "strength_model": 1.0, "strength_clip": 1.0}},
         "21": {"class_type": "ComparePredictions",
                "inputs": {"model_a": ["6", 0], "model_b": ["20", 0], "reference": ["1", 0]}},

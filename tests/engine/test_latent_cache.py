@@ -26,7 +26,7 @@ def test_an_image_corrupt_past_its_header_is_skipped_while_caching(tmp_path, tin
 def test_regularization_images_are_balanced_weighted_and_recorded(tmp_path, tiny_vae_encoder, tiny_trainable):
     from tests.helpers import make_kohya_folder
     from trainer.loop import train_lora
-    from trainer.network import NetworkConfig
+    from trainer.networks import NetworkConfig
     from trainer.optim import OptimizerConfig
     from trainer.plan import TrainSettings, plan_run
 
@@ -160,7 +160,7 @@ def test_alpha_mask_weights_the_loss_from_transparency_or_a_mask_file(tmp_path, 
     from PIL import Image
 
     from trainer.loop import train_lora
-    from trainer.network import NetworkConfig
+    from trainer.networks import NetworkConfig
     from trainer.optim import OptimizerConfig
     from trainer.plan import TrainSettings
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from trainer.errors import ConfigError, SaveError
 from trainer.lora_file import TrainedLora, checked_file_name, read_metadata, save_lora, unused_path
-from trainer.network import LoRAModule, LoRANetwork, NetworkConfig
+from trainer.networks import LoRAModule, LoRANetwork, NetworkConfig
 from trainer.optim import OptimizerConfig, build_optimizer, lr_multiplier
 
 
@@ -44,8 +44,25 @@ def test_alpha_zero_means_rank_and_state_dict_has_alpha():
     tensors = network.kohya_state_dict(torch.float16)
     assert set(tensors) == {"lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha"}
     assert tensors["lora_unet_a.alpha"].dim() == 0 and tensors["lora_unet_a.alpha"].dtype == torch.float16
-    with pytest.raises(ConfigError, match="LoRA"):
+    with pytest.raises(ConfigError, match="choose one of LoRA, LoCon"):
         NetworkConfig(algorithm="LoHa").validated()
+
+
+def test_locon_gives_3x3_convolutions_their_own_rank_and_records_kohyas_network_args():
+    config = NetworkConfig("LoCon", rank=8, alpha=4, conv_rank=2, conv_alpha=1).validated()
+    assert config.rank_and_alpha_for(nn.Conv2d(4, 4, 3)) == (2, 1.0)
+    assert config.rank_and_alpha_for(nn.Conv2d(4, 4, 1)) == (8, 4.0)       # 1x1 and Linear: network_dim
+    assert config.rank_and_alpha_for(nn.Linear(4, 4)) == (8, 4.0)
+    assert NetworkConfig(rank=8).rank_and_alpha_for(nn.Conv2d(4, 4, 3)) == (8, 1.0)   # LoRA: no conv rank
+    assert config.network_args() == {"conv_dim": "2", "conv_alpha": "1.0"} and NetworkConfig().network_args() == {}
+    assert "conv rank 2, conv alpha 1" in config.describe()
+
+
+def test_alpha_above_rank_is_allowed_with_a_visible_warning():
+    config = NetworkConfig(rank=4, alpha=16).validated()
+    assert config.scale == 4 and "greater than rank 4" in config.warnings()[0]
+    assert "warning: alpha 16 is greater than rank 4" in config.describe()
+    assert NetworkConfig(rank=16, alpha=8).warnings() == []
 
 
 def test_hooks_leave_when_the_block_ends():
@@ -108,3 +125,19 @@ def test_names_cannot_leave_the_loras_folder(tmp_path):
     (tmp_path / "link").symlink_to("/tmp")
     with pytest.raises(SaveError, match="outside"):
         unused_path(str(tmp_path), "link/x")
+
+
+def test_two_layers_with_one_kohya_name_are_an_error_not_an_overwrite():
+    from trainer.errors import ModelError
+    from trainer.kohya_names import block_targets
+
+    class Transformer2DModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a_b, self.a = nn.Linear(2, 2), nn.Module()
+            self.a.b = nn.Linear(2, 2)                        # "a.b" and "a_b" both become ..._a_b
+
+    root = nn.Module()
+    root.block = Transformer2DModel()
+    with pytest.raises(ModelError, match="both be saved as lora_unet_block_a_b"):
+        block_targets(root, ("Transformer2DModel",))

@@ -9,7 +9,7 @@ from trainer.dataset import load_dataset_folder
 from trainer.latent_cache import cache_latents
 from trainer.loop import TrainCallbacks, train_lora
 from trainer.errors import ConfigError
-from trainer.network import NetworkConfig
+from trainer.networks import NetworkConfig
 from trainer.optim import OptimizerConfig
 from trainer.plan import TrainSettings
 
@@ -243,3 +243,17 @@ def test_shuffled_captions_are_encoded_per_step_and_a_resumed_run_sees_the_same_
     resumed = train_lora(model([]), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
     assert resumed.progress.losses == whole.progress.losses
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+
+def test_locon_trains_the_convolution_blocks_too(tmp_path, tiny_vae_encoder, tiny_trainable):
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    result = train_lora(tiny_trainable, cache, NetworkConfig("LoCon", rank=4, alpha=2, conv_rank=2, conv_alpha=1),
+                        OptimizerConfig(learning_rate=1e-3), TrainSettings(epochs=1, batch_size=2))
+    names = {key.split(".")[0] for key in result.tensors}
+    convs = set(tiny_trainable.conv_targets)
+    assert convs and convs <= names and set(tiny_trainable.lora_targets) <= names
+    conv1 = next(n for n in convs if n.endswith("resnets_0_conv1"))
+    assert result.tensors[f"{conv1}.lora_down.weight"].shape[0] == 2           # conv rank on 3x3
+    shortcut_or_emb = next(n for n in convs if n.endswith("time_emb_proj"))
+    assert result.tensors[f"{shortcut_or_emb}.lora_down.weight"].shape[0] == 4  # network rank on Linear
+    assert float(result.tensors[f"{conv1}.alpha"]) == 1.0

@@ -1,0 +1,9 @@
+"""The networks a run trains: the algorithm table and configuration (config.py), the network of update
+modules attached with hooks (base.py), and one module per algorithm (lora.py: LoRA, and LoCon as LoRA on
+convolutions too)."""
+
+from .base import LoRANetwork
+from .config import ALGORITHMS, Algorithm, NetworkConfig
+from .lora import LoRAModule
+
+__all__ = ["ALGORITHMS", "Algorithm", "LoRAModule", "LoRANetwork", "NetworkConfig"]
