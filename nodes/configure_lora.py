@@ -30,23 +30,29 @@ class LoRAConfigure(io.ComfyNode):
                              tooltip="LoCon: conv_dim, the rank of 3x3 convolutions (kohya_ss default 1)."),
                 io.Float.Input("conv_alpha", default=1.0, min=0.0, max=1024.0, step=0.5, optional=True,
                                tooltip="LoCon: conv_alpha; 0 means conv alpha = conv rank."),
+                io.Float.Input("network_dropout", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
+                               tooltip="Drops units of each down projection while training (kohya's network_dropout)."),
+                io.Float.Input("rank_dropout", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
+                               tooltip="Drops whole ranks per sample while training (kohya's rank_dropout)."),
+                io.Float.Input("module_dropout", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
+                               tooltip="Skips a module's whole update for a step (kohya's module_dropout)."),
             ],
             outputs=[LoraNetwork.Output(display_name="network")],
         )
 
     @classmethod
-    def validate_inputs(cls, algorithm, rank, alpha, conv_rank=1, conv_alpha=1.0):
-        if None in (algorithm, rank, alpha, conv_rank, conv_alpha):   # linked: known only at run time
+    def validate_inputs(cls, **values):
+        if any(value is None for value in values.values()):     # a linked input: known only at run time
             return True
         try:
-            NetworkConfig(algorithm, rank, alpha, conv_rank, conv_alpha).validated()
+            NetworkConfig(**values).validated()
         except Exception as exc:  # shown to the user before the run starts
             return str(exc)
         return True
 
     @classmethod
-    def execute(cls, algorithm, rank, alpha, conv_rank=1, conv_alpha=1.0) -> io.NodeOutput:
-        config = NetworkConfig(algorithm, rank, alpha, conv_rank, conv_alpha).validated()
+    def execute(cls, **values) -> io.NodeOutput:
+        config = NetworkConfig(**values).validated()
         for warning in config.warnings():           # allowed, as kohya allows it, but said where it is seen
             logging.warning("lora-trainer Configure LoRA: %s", warning)
         return io.NodeOutput(config, ui=ui.PreviewText(config.describe()))

@@ -146,6 +146,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
                         settings.prior_loss_weight)
+    network.dropouts.generator = stepper.generator      # dropout coins follow the step's saved random stream
     progress = TrainProgress()
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
     if resume is not None:

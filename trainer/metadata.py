@@ -49,7 +49,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_network_module": ALGORITHMS[network.algorithm].network_module,
         "ss_network_dim": network.rank,
         "ss_network_alpha": network.effective_alpha,
-        "ss_network_dropout": None,
+        "ss_network_dropout": network.network_dropout or None,
         "ss_mixed_precision": "no" if precision == "fp32" else precision,
         "ss_full_fp16": False,
         "ss_v2": False,

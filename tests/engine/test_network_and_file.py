@@ -141,3 +141,32 @@ def test_two_layers_with_one_kohya_name_are_an_error_not_an_overwrite():
     root.block = Transformer2DModel()
     with pytest.raises(ModelError, match="both be saved as lora_unet_block_a_b"):
         block_targets(root, ("Transformer2DModel",))
+
+
+def test_dropouts_follow_kohyas_math_and_the_given_generator():
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 16)
+    config = NetworkConfig(rank=8, alpha=8, rank_dropout=0.5).validated()
+    network = LoRANetwork({"lora_unet_l": linear}, config)
+    module = network.lora_modules["lora_unet_l"]
+    nn.init.normal_(module.up.weight)
+    x = torch.randn(4, 3, 16)                                       # (batch, tokens, features)
+    network.dropouts.generator = torch.Generator().manual_seed(1)
+    out = module(x)
+    network.dropouts.generator = torch.Generator().manual_seed(1)
+    keep = (torch.rand((4, 8), generator=network.dropouts.generator) >= 0.5).unsqueeze(1)
+    expected = module.up(module.down(x) * keep) * (1.0 / 0.5)         # kohya: scale / (1 - p)
+    assert torch.allclose(out, expected, atol=1e-6)
+    network.eval()                                                 # never outside training
+    assert torch.allclose(module(x), module.up(module.down(x)), atol=1e-6)
+
+    skipping = LoRANetwork({"lora_unet_l": linear}, NetworkConfig(rank=2, module_dropout=0.5))
+    skipping.dropouts.generator = torch.Generator().manual_seed(2)
+    nn.init.normal_(skipping.lora_modules["lora_unet_l"].up.weight)
+    with skipping.attached({"lora_unet_l": linear}):
+        skipped = [torch.equal(linear(x), linear.forward.__func__(linear, x)) for _ in range(200)]
+    assert 70 < sum(skipped) < 130                                  # about half the calls leave the layer alone
+    with pytest.raises(ConfigError, match="rank_dropout is 1.0"):
+        NetworkConfig(rank_dropout=1.0).validated()
+    assert NetworkConfig(rank_dropout=0.1, module_dropout=0.2).network_args() == {
+        "rank_dropout": "0.1", "module_dropout": "0.2"}

@@ -257,3 +257,29 @@ def test_locon_trains_the_convolution_blocks_too(tmp_path, tiny_vae_encoder, tin
     shortcut_or_emb = next(n for n in convs if n.endswith("time_emb_proj"))
     assert result.tensors[f"{shortcut_or_emb}.lora_down.weight"].shape[0] == 4  # network rank on Linear
     assert float(result.tensors[f"{conv1}.alpha"]) == 1.0
+
+
+def test_a_run_with_dropouts_resumes_exactly(tmp_path, tiny_vae_encoder):
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    network = NetworkConfig(rank=4, alpha=4, network_dropout=0.1, rank_dropout=0.2, module_dropout=0.3)
+    args = (network, OptimizerConfig(learning_rate=2e-3), TrainSettings(epochs=2, batch_size=2, seed=4))
+    whole = train_lora(fresh_model(), cache, *args)
+    plain = train_lora(fresh_model(), cache, NetworkConfig(rank=4, alpha=4), *args[1:])
+    assert whole.progress.losses != plain.progress.losses            # the dropouts did something
+    calls = {"n": 0}
+
+    def cancel_at_step_3():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Cancelled()
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(fresh_model(), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_3, on_abort=keep))
+    resumed = train_lora(fresh_model(), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
+    assert resumed.progress.losses == whole.progress.losses
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import NetworkConfig
-from .lora import LoRAModule
+from .lora import Dropouts, LoRAModule
 
 
 class LoRANetwork(nn.Module):
@@ -26,8 +26,10 @@ class LoRANetwork(nn.Module):
         if not targets:
             raise ConfigError("The model has no layers LoRA can wrap (no attention / projection layers found).")
         self.config = config
+        self.dropouts = Dropouts(config.network_dropout, config.rank_dropout, config.module_dropout)
         self.lora_modules = nn.ModuleDict(
-            {name: LoRAModule(layer, *config.rank_and_alpha_for(layer)) for name, layer in targets.items()})
+            {name: LoRAModule(layer, *config.rank_and_alpha_for(layer), self.dropouts)
+             for name, layer in targets.items()})
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -73,4 +75,6 @@ class _AddLoRAOutput:
         self.lora = lora
 
     def __call__(self, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.lora.skips_this_call():
+            return output
         return output + self.lora(inputs[0]).to(output.dtype)

@@ -33,6 +33,9 @@ class NetworkConfig:
     alpha: float = 1.0
     conv_rank: int = 1                 # LoCon: kohya's conv_dim / conv_alpha for 3x3 convolutions (GUI: 1 / 1)
     conv_alpha: float = 1.0
+    network_dropout: float = 0.0       # kohya's --network_dropout (units of down(x))
+    rank_dropout: float = 0.0          # kohya's network_args rank_dropout / module_dropout
+    module_dropout: float = 0.0
 
     def validated(self) -> "NetworkConfig":
         if self.algorithm not in ALGORITHMS:
@@ -46,6 +49,10 @@ class NetworkConfig:
             raise ConfigError(f"conv rank (conv_dim) is {self.conv_rank}; use 1..1024 (kohya_ss default 1).")
         if self.uses_convolutions and self.conv_alpha < 0:
             raise ConfigError(f"conv alpha is {self.conv_alpha}; use 0 or more (0 means conv alpha = conv rank).")
+        for name in ("network_dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} is {getattr(self, name)}; it is a probability from 0 up to (not "
+                                  "including) 1, kohya_ss default 0.")
         return self
 
     @property
@@ -73,9 +80,13 @@ class NetworkConfig:
 
     def network_args(self) -> dict[str, str]:
         """kohya's ss_network_args: the --network_args that would make this network (strings, as kohya)."""
+        args = {}
         if self.uses_convolutions:
-            return {"conv_dim": str(self.conv_rank), "conv_alpha": str(self.effective_conv_alpha)}
-        return {}
+            args.update(conv_dim=str(self.conv_rank), conv_alpha=str(self.effective_conv_alpha))
+        for name in ("rank_dropout", "module_dropout"):
+            if getattr(self, name):
+                args[name] = str(getattr(self, name))
+        return args
 
     @property
     def effective_alpha(self) -> float:
@@ -91,6 +102,10 @@ class NetworkConfig:
         if self.uses_convolutions:
             text += (f", conv rank {self.conv_rank}, conv alpha {self.effective_conv_alpha:g} "
                      f"(scale {self.effective_conv_alpha / self.conv_rank:g})")
+        dropouts = [f"{name.replace('_', ' ')} {getattr(self, name):g}"
+                     for name in ("network_dropout", "rank_dropout", "module_dropout") if getattr(self, name)]
+        if dropouts:
+            text += ", " + ", ".join(dropouts)
         return "\n".join([text] + [f"warning: {warning}" for warning in self.warnings()])
 
 

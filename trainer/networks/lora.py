@@ -3,6 +3,11 @@
 Math as kohya's networks/lora.py: y = layer(x) + up(down(x)) * multiplier * alpha / rank, with
 kaiming-uniform (a=sqrt(5)) on down and zeros on up. Saved keys are kohya's: `<name>.lora_down.weight`,
 `<name>.lora_up.weight`, `<name>.alpha`.
+
+Dropouts, as kohya's LoRAModule, in training only: module dropout skips the whole update for a call,
+network dropout drops units of down(x), rank dropout drops whole ranks per sample and rescales by 1/(1-p).
+Their coins come from `Dropouts.generator`, the training step's own generator, so a resumed run draws the
+same ones; a run without dropout draws none.
 """
 
 from __future__ import annotations
@@ -13,10 +18,24 @@ import torch
 from torch import nn
 
 
+class Dropouts:
+    """The three dropout rates of a network and the generator their coins come from (shared by its modules)."""
+
+    def __init__(self, network: float = 0.0, rank: float = 0.0, module: float = 0.0):
+        self.network, self.rank, self.module = network, rank, module
+        self.generator: torch.Generator | None = None          # set by the trainer; None: torch's default
+
+    def any(self) -> bool:
+        return bool(self.network or self.rank or self.module)
+
+    def rand(self, shape, device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator).to(device)
+
+
 class LoRAModule(nn.Module):
     """Low-rank update for one Linear or Conv2d layer."""
 
-    def __init__(self, layer: nn.Module, rank: int, alpha: float):
+    def __init__(self, layer: nn.Module, rank: int, alpha: float, dropouts: Dropouts | None = None):
         super().__init__()
         if isinstance(layer, nn.Conv2d):
             self.down = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
@@ -33,12 +52,29 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(alpha)), persistent=True)
         self.scale = alpha / rank
         self.multiplier = 1.0
+        self.dropouts = dropouts or Dropouts()
+
+    def skips_this_call(self) -> bool:
+        """Module dropout: in training, the whole update is left out of this call with its probability."""
+        drop = self.dropouts
+        return self.training and drop.module > 0 and float(drop.rand((), "cpu")) < drop.module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight_dtype = self.down.weight.dtype
         if not torch.is_autocast_enabled(x.device.type) and x.dtype != weight_dtype:
             x = x.to(weight_dtype)
-        return self.up(self.down(x)) * (self.multiplier * self.scale)
+        hidden = self.down(x)
+        scale = self.multiplier * self.scale
+        drop = self.dropouts
+        if self.training and drop.network > 0:                 # kohya: F.dropout on down(x)
+            keep = drop.rand(hidden.shape, hidden.device) >= drop.network
+            hidden = hidden * keep / (1.0 - drop.network)
+        if self.training and drop.rank > 0:                    # kohya: a (batch, rank) mask, scale / (1 - p)
+            keep = drop.rand((hidden.shape[0], self.rank), hidden.device) >= drop.rank
+            keep = keep.unsqueeze(1) if hidden.dim() == 3 else keep.view(*keep.shape, *[1] * (hidden.dim() - 2))
+            hidden = hidden * keep
+            scale = scale / (1.0 - drop.rank)
+        return self.up(hidden) * scale
 
     def delta_weight(self) -> torch.Tensor:
         """The merged weight update, shaped like the wrapped layer's weight (for tests and merging)."""
