@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..trainer.errors import DatasetError
+from ..trainer.errors import ConfigError, DatasetError
 
 RUN_DATA_FOLDER = "lora-trainer"
 EVENT_PROGRESS = "lora_trainer.progress"
@@ -26,6 +26,24 @@ def run_data_folder(run_name: str) -> str:
     import folder_paths
 
     return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, run_name)
+
+
+def lora_file_names() -> list[str]:
+    """The LoRA files ComfyUI lists (what LoraLoader offers), for a combo."""
+    import folder_paths
+
+    return list(folder_paths.get_filename_list("loras"))
+
+
+def lora_file_path(name: str) -> str:
+    """The full path of a file LoraLoader lists, with an actionable error when it is gone."""
+    import folder_paths
+
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise ConfigError(f"The LoRA {name!r} is not in ComfyUI's loras folders any more; pick another one, or "
+                          "(none) to start a fresh LoRA.")
+    return path
 
 
 def latent_cache_fallback_folder() -> str:

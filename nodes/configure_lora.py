@@ -7,7 +7,10 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..trainer.networks import ALGORITHMS, NetworkConfig
+from .comfy_host import lora_file_names, lora_file_path
 from .wire_types import CATEGORY, LoraNetwork
+
+FRESH = "(none)"
 
 
 class LoRAConfigure(io.ComfyNode):
@@ -36,12 +39,15 @@ class LoRAConfigure(io.ComfyNode):
                                tooltip="Drops whole ranks per sample while training (kohya's rank_dropout)."),
                 io.Float.Input("module_dropout", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
                                tooltip="Skips a module's whole update for a step (kohya's module_dropout)."),
+                io.Combo.Input("continue_from", options=[FRESH, *lora_file_names()], default=FRESH, optional=True,
+                               tooltip="Start from this LoRA file's weights (ours or kohya's: same algorithm, rank "
+                                       "and alpha, same model family) instead of a fresh LoRA."),
             ],
             outputs=[LoraNetwork.Output(display_name="network")],
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
+    def validate_inputs(cls, continue_from=None, **values):
         if any(value is None for value in values.values()):     # a linked input: known only at run time
             return True
         try:
@@ -51,8 +57,9 @@ class LoRAConfigure(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, **values) -> io.NodeOutput:
-        config = NetworkConfig(**values).validated()
+    def execute(cls, continue_from=FRESH, **values) -> io.NodeOutput:
+        start = lora_file_path(continue_from) if continue_from and continue_from != FRESH else ""
+        config = NetworkConfig(**values, continue_from=start).validated()
         for warning in config.warnings():           # allowed, as kohya allows it, but said where it is seen
             logging.warning("lora-trainer Configure LoRA: %s", warning)
         return io.NodeOutput(config, ui=ui.PreviewText(config.describe()))

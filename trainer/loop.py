@@ -21,6 +21,7 @@ from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .networks import LoRANetwork, NetworkConfig
+from .networks.continue_from import continue_from_file
 from .objective import noisy_latents_and_target, per_sample_mse
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
@@ -141,6 +142,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(targets, network_config)
+    if network_config.continue_from:
+        continue_from_file(network, network_config.continue_from, set(model.conv_targets))
     network.to(denoiser.device)
     optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,

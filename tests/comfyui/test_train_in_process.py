@@ -147,3 +147,47 @@ def test_the_vae_leaves_the_device_once_caching_is_done(comfy, pack, tiny):
     encoder.release()
     assert not any(loaded.model is vae.patcher for loaded in mm.current_loaded_models)
     assert any(loaded.model is other.patcher for loaded in mm.current_loaded_models)   # others stay
+
+
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon"])
+def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, comfy_folders, tiny, algorithm):
+    """Before the first step, the continued network's output equals the file applied by ComfyUI's LoraLoader."""
+    import sys
+
+    import comfy.model_management as mm
+    import comfy.sd
+
+    from comfyui_lora_trainer.nodes.comfy_model import trainable_from_comfy
+    from comfyui_lora_trainer.trainer.lora_file import save_lora
+    from comfyui_lora_trainer.trainer.networks import LoRANetwork, NetworkConfig
+    from comfyui_lora_trainer.trainer.networks.continue_from import continue_from_file, read_lora_tensors
+
+    model, clip, latents = trained
+    config = NetworkConfig(algorithm, rank=4, alpha=4, conv_rank=2, conv_alpha=1)
+    out = run(model, clip, latents, epochs=1) if algorithm == "LoRA" else None
+    with torch.inference_mode():
+        if out is None:                                   # a trained LoCon, through the same entry point
+            from comfyui_lora_trainer.nodes.train import run_training
+            from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+            from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+            out = run_training(model, clip, latents, config, OptimizerConfig(learning_rate=1e-3),
+                               TrainSettings(output_name="locon", epochs=1))
+    path = save_lora(out.lora, comfy_folders["loras"], f"continue_{algorithm}", precision="fp32")
+    predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
+
+    with torch.inference_mode(False), torch.no_grad():
+        trainable = trainable_from_comfy(model, clip)
+        targets = trainable.targets_for(config.uses_convolutions)
+        network = LoRANetwork(targets, NetworkConfig(**{**config.__dict__, "continue_from": path}))
+        continue_from_file(network, path, set(trainable.conv_targets))
+        with network.attached(targets):
+            continued = predict(model)
+        base = predict(model)
+    patched, _ = comfy.sd.load_lora_for_models(model, clip, read_lora_tensors(path), 1.0, 1.0)
+    with torch.inference_mode():
+        loaded = predict(patched)
+    patched.unpatch_model()
+    mm.unload_all_models()
+    assert (continued - base).abs().max() > 1e-4                    # the file does change the model
+    assert (continued - loaded).abs().max() <= 1e-5

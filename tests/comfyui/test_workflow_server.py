@@ -292,6 +292,20 @@ def test_adding_an_image_to_the_folder_re_runs_the_dataset_and_everything_after_
     assert "3 image(s)" in third["outputs"]["2"]["text"][0]
 
 
+def test_configure_lora_continues_from_a_file_in_the_loras_folder(server):
+    first = server.wait(server.queue(training_graph("start_lora", epochs=1)))
+    assert first["status"]["status_str"] == "success", error_message(first)
+    graph = training_graph("continued_lora", epochs=1)
+    graph["4"]["inputs"]["continue_from"] = "start_lora.safetensors"
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
+    assert "continuing from start_lora.safetensors" in entry["outputs"]["6"]["text"][0]
+    graph["4"]["inputs"]["rank"] = 8                                # the file has rank 4
+    refused = server.wait(server.queue(graph))
+    assert refused["status"]["status_str"] == "error"
+    assert "has rank 4" in error_message(refused) and execution_error(refused)["exception_type"] == "ConfigError"
+
+
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120

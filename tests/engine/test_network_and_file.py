@@ -170,3 +170,41 @@ def test_dropouts_follow_kohyas_math_and_the_given_generator():
         NetworkConfig(rank_dropout=1.0).validated()
     assert NetworkConfig(rank_dropout=0.1, module_dropout=0.2).network_args() == {
         "rank_dropout": "0.1", "module_dropout": "0.2"}
+
+
+def continue_case(tmp_path, saved_config, targets, conv_names=frozenset()):
+    network = LoRANetwork(targets, saved_config)
+    for module in network.lora_modules.values():
+        nn.init.normal_(module.up.weight)
+    path = save_lora(TrainedLora("c", network.kohya_state_dict(), {}, 1, 1), str(tmp_path), "c", "fp32")
+    return network, path
+
+
+def test_continue_from_a_file_loads_its_weights_or_says_what_does_not_fit(tmp_path):
+    from trainer.networks.continue_from import continue_from_file
+
+    layers = {"lora_unet_a": nn.Linear(8, 8), "lora_unet_b": nn.Linear(8, 8)}
+    conv = {"lora_unet_c": nn.Conv2d(4, 4, 3, padding=1)}
+    saved, path = continue_case(tmp_path, NetworkConfig(rank=4, alpha=2), layers)
+    fresh = LoRANetwork(layers, NetworkConfig(rank=4, alpha=2, continue_from=path))
+    continue_from_file(fresh, path, set(conv))
+    assert all(torch.equal(fresh.kohya_state_dict()[k], saved.kohya_state_dict()[k]) for k in saved.kohya_state_dict())
+
+    cases = [
+        (LoRANetwork(layers, NetworkConfig(rank=8, alpha=2)), "has rank 4 at lora_unet_a, this network 8; set"),
+        (LoRANetwork(layers, NetworkConfig(rank=4, alpha=4)), "has alpha 2 at lora_unet_a, this network 4"),
+        (LoRANetwork({**layers, **conv}, NetworkConfig("LoCon", rank=4, alpha=2)), "is a plain LoRA file"),
+        (LoRANetwork({"lora_unet_other": nn.Linear(8, 8)}, NetworkConfig(rank=4, alpha=2)), "another model"),
+    ]
+    for network, needle in cases:
+        with pytest.raises(ConfigError, match=needle):
+            continue_from_file(network, path, set(conv))
+    _, locon_path = continue_case(tmp_path / "locon", NetworkConfig("LoCon", rank=4, alpha=2), {**layers, **conv})
+    with pytest.raises(ConfigError, match="is a LoCon file"):
+        continue_from_file(LoRANetwork(layers, NetworkConfig(rank=4, alpha=2)), locon_path, set(conv))
+    loha = tmp_path / "loha.safetensors"
+    safetensors.torch.save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 2)}, str(loha))
+    with pytest.raises(ConfigError, match="is a LoHa file"):
+        continue_from_file(LoRANetwork(layers, NetworkConfig(rank=4, alpha=2)), str(loha), set())
+    with pytest.raises(ConfigError, match="does not exist"):
+        continue_from_file(fresh, str(tmp_path / "nowhere.safetensors"), set())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from torch import nn
@@ -36,6 +37,7 @@ class NetworkConfig:
     network_dropout: float = 0.0       # kohya's --network_dropout (units of down(x))
     rank_dropout: float = 0.0          # kohya's network_args rank_dropout / module_dropout
     module_dropout: float = 0.0
+    continue_from: str = ""            # a LoRA file (path) whose weights the network starts from; "" = fresh
 
     def validated(self) -> "NetworkConfig":
         if self.algorithm not in ALGORITHMS:
@@ -106,6 +108,8 @@ class NetworkConfig:
                      for name in ("network_dropout", "rank_dropout", "module_dropout") if getattr(self, name)]
         if dropouts:
             text += ", " + ", ".join(dropouts)
+        if self.continue_from:
+            text += f", continuing from {os.path.basename(self.continue_from)}"
         return "\n".join([text] + [f"warning: {warning}" for warning in self.warnings()])
 
 
