@@ -25,9 +25,6 @@ class Dropouts:
         self.network, self.rank, self.module = network, rank, module
         self.generator: torch.Generator | None = None          # set by the trainer; None: torch's default
 
-    def any(self) -> bool:
-        return bool(self.network or self.rank or self.module)
-
     def rand(self, shape, device) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator).to(device)
 
