@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
@@ -51,12 +53,16 @@ class LoRADatasetFromImages(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, captions, name, repeats, add_to=None, flip_aug=(False,),
-                **caption_settings) -> io.NodeOutput:
+    def execute(cls, images, captions, name, repeats, add_to=None, flip_aug=(False,), random_crop=(False,),
+                color_aug=(False,), **caption_settings) -> io.NodeOutput:
         # is_input_list: every input arrives as a list (images: one tensor per upstream item)
         options = caption_options_from({key: values[0] for key, values in caption_settings.items()})
         dataset = dataset_from_pixels(to_uint8_images(images), [str(c) for c in captions], name[0], int(repeats[0]),
                                       options, bool(flip_aug[0]))
+        if random_crop[0] or color_aug[0]:
+            dataset = dataclasses.replace(dataset, subsets=tuple(
+                dataclasses.replace(s, random_crop=bool(random_crop[0]), color_aug=bool(color_aug[0]))
+                for s in dataset.subsets))
         if add_to:
             dataset = add_to[0].combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

@@ -83,10 +83,11 @@ class LoRALoadDatasetFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None, flip_aug=False,
-                alpha_mask=False, **caption_settings) -> io.NodeOutput:
+                alpha_mask=False, random_crop=False, color_aug=False, **caption_settings) -> io.NodeOutput:
         regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
         dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats,
-                                      caption_options_from(caption_settings), flip_aug, alpha_mask)
+                                      caption_options_from(caption_settings), flip_aug, alpha_mask, random_crop,
+                                      color_aug)
         if add_to is not None:
             dataset = add_to.combined_with(dataset)
         return io.NodeOutput(dataset, ui=ui.PreviewText(dataset.describe()))

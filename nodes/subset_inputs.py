@@ -39,6 +39,10 @@ def augmentation_inputs(with_alpha_mask: bool = True) -> list:
         inputs.append(io.Boolean.Input("alpha_mask", default=False, optional=True,
                                        tooltip="Weight the loss by each image's transparency (or a <name>_mask.png "
                                                "beside it: white trains, black is ignored), as kohya's alpha_mask."))
+    for name in ("random_crop", "color_aug"):
+        inputs.append(io.Boolean.Input(name, default=False, optional=True,
+                                       tooltip=f"kohya's {name}. It cannot work with cached latents, which this "
+                                               "trainer always uses, so turning it on stops with the reason."))
     return inputs
 
 

@@ -16,8 +16,9 @@ OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # id: (type, title, position, size, widget values, {input name: (source id, output slot)})
 NODES = {
     1: ("CheckpointLoaderSimple", None, (40, 80), (330, 100), ["v1-5-pruned-emaonly.safetensors"], {}),
-    2: ("LoRALoadDatasetFolder", None, (40, 260), (330, 470),
-        ["lora_dataset", ".txt", "", "", False, 0, "", ",", "", 0.0, 0, 0.0, "", "", False, False], {}),
+    2: ("LoRALoadDatasetFolder", None, (40, 260), (330, 520),
+        ["lora_dataset", ".txt", "", "", False, 0, "", ",", "", 0.0, 0, 0.0, "", "", False, False, False, False],
+        {}),
     3: ("LoRABucketCacheLatents", None, (420, 260), (330, 330),
         [512, 256, 1024, 64, False, 1, "memory", "auto", "on white", True],
         {"dataset": (2, 0), "vae": (1, 2)}),
@@ -85,7 +86,7 @@ def build() -> dict:
         if title:
             node["title"] = title
         nodes.append(node)
-    nodes.append({"id": 15, "type": "Note", "pos": [40, 770], "size": [330, 200], "flags": {}, "order": len(nodes),
+    nodes.append({"id": 15, "type": "Note", "pos": [40, 820], "size": [330, 200], "flags": {}, "order": len(nodes),
                   "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [NOTE]})
     return {"last_node_id": 15, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
             "config": {}, "extra": {}, "version": 0.4}

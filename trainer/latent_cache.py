@@ -140,6 +140,13 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
                           f"{', '.join(RESIZE_INTERPOLATIONS)}.")
     if vae_batch_size < 1:
         raise TrainerError(f"vae_batch_size is {vae_batch_size}; it must be 1 or more.")
+    for subset in dataset.subsets:
+        for option in ("random_crop", "color_aug"):
+            if getattr(subset, option):
+                raise ConfigError(f"{option} is on for {subset.name}, but it changes the image at every step, so its "
+                                  "latents cannot be cached, and this trainer always caches them (kohya refuses "
+                                  f"{option} with cached latents too). Turn it off; flip_aug gives variety that "
+                                  "caches.")
     settings = settings.validated()
 
     planned: dict[Size, list[tuple[object, object, BucketChoice, Size]]] = {}

@@ -261,3 +261,16 @@ def test_nan_latents_are_refused_naming_the_file(tmp_path, tiny_vae_encoder):
     with pytest.raises(TrainerError, match=r"NaN/inf latents for \S*1\.png\. An fp16 VAE") as info:
         cache_latents(load_dataset_folder(root), HalfBrokenVAE(), BucketSettings((64, 64), 64, 64), vae_batch_size=2)
     assert "0.png" not in str(info.value)
+
+
+def test_random_crop_and_color_aug_are_refused_with_the_reason(tmp_path, tiny_vae_encoder):
+    import pytest
+
+    from tests.helpers import make_kohya_folder
+    from trainer.errors import ConfigError
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(64, 64)]})
+    for option in ("random_crop", "color_aug"):
+        with pytest.raises(ConfigError, match=f"{option} is on for 1_x, but .*kohya refuses"):
+            cache_latents(load_dataset_folder(root, **{option: True}), tiny_vae_encoder,
+                          BucketSettings((64, 64), 64, 64))

@@ -133,7 +133,7 @@ def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: s
 
 def load_dataset_folder(root: str, caption_extension: str = ".txt", regularization_folder: str = "",
                         repeats: str = "", caption_options: CaptionOptions | None = None, flip_aug: bool = False,
-                        alpha_mask: bool = False) -> Dataset:
+                        alpha_mask: bool = False, random_crop: bool = False, color_aug: bool = False) -> Dataset:
     """Scan `root` (and a regularization folder in the same layout) for `N_name` sub-folders.
 
     `repeats` overrides folders' repeat counts ('10_sks dog=5, style=2', see parse_repeats_override); it also
@@ -158,8 +158,8 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
         raise DatasetError(f"repeats names {', '.join(unknown)}, which is no sub-folder here; the sub-folders are: "
                            f"{names}.")
     check_unique_names(subsets)
-    subsets = [dataclasses.replace(subset, caption_options=caption_options, flip_aug=flip_aug, alpha_mask=alpha_mask)
-               for subset in subsets]
+    subsets = [dataclasses.replace(subset, caption_options=caption_options, flip_aug=flip_aug, alpha_mask=alpha_mask,
+                                   random_crop=random_crop, color_aug=color_aug) for subset in subsets]
     for item in skipped:
         logger.warning("lora-trainer dataset: skipped %s", item.describe())
     for warning in warnings:

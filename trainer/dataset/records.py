@@ -50,6 +50,8 @@ class Subset:
     caption_options: CaptionOptions = field(default_factory=CaptionOptions)
     flip_aug: bool = False         # kohya's flip_aug: each image cached mirrored too, one of the two per draw
     alpha_mask: bool = False       # kohya's alpha_mask: transparency (or <stem>_mask.png) weights the loss
+    random_crop: bool = False      # kohya's random_crop / color_aug: asked for, but refused with cached latents
+    color_aug: bool = False
 
     @property
     def name(self) -> str:
