@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 from comfy_api.latest import io, ui
 
-from ..trainer.lora_file import save_lora
+from ..trainer.lora_file import checkpoint_hashes, save_lora
+from .base_model import base_model_file
 from .comfy_host import loras_folder
 from .wire_types import CATEGORY, TrainedLora
 
@@ -29,14 +32,42 @@ class LoRASaveSafetensors(io.ComfyNode):
                                         "empty = the run's output name."),
                 io.Combo.Input("precision", options=["fp16", "bf16", "fp32"], default="fp16",
                                tooltip="Tensor precision in the file (kohya_ss GUI default fp16)."),
+                io.String.Input("comment", default="", multiline=True, optional=True,
+                                tooltip="Saved as ss_training_comment (kohya's --training_comment)."),
             ],
             outputs=[],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
-    def execute(cls, lora, file_name, precision) -> io.NodeOutput:
+    def execute(cls, lora, file_name, precision, comment="") -> io.NodeOutput:
         folder = loras_folder()
-        path = save_lora(lora, folder, file_name.strip() or lora.run_name, precision)
+        extra = save_time_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo, cls.hidden.unique_id, comment)
+        path = save_lora(lora, folder, file_name.strip() or lora.run_name, precision, extra)
         relative = os.path.relpath(path, folder)
         return io.NodeOutput(ui=ui.PreviewText(f"saved {relative} ({len(lora.module_names)} modules, "
                                                f"{lora.steps} steps, {precision}) in {folder}"))
+
+
+def save_time_metadata(prompt, extra_pnginfo, node_id, comment: str) -> dict[str, str]:
+    """What only the saving node knows: the comment, the base checkpoint's name and hashes, and, as ComfyUI's
+    own savers do unless started with --disable-metadata, the prompt and the workflow."""
+    import folder_paths
+    from comfy.cli_args import args
+
+    extra = {"ss_training_comment": comment.strip()} if comment and comment.strip() else {}
+    base = base_model_file(prompt, node_id)
+    if base:
+        folder, name = base.split("/", 1)
+        path = folder_paths.get_full_path(folder, name)
+        if path and os.path.isfile(path):
+            try:
+                extra.update(checkpoint_hashes(path))
+            except OSError as exc:
+                logging.warning("lora-trainer: could not hash the base model %s: %s", path, exc)
+    if not args.disable_metadata:
+        if prompt is not None:
+            extra["prompt"] = json.dumps(prompt)
+        for key, value in (extra_pnginfo or {}).items():
+            extra[key] = json.dumps(value)
+    return extra

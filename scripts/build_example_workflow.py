@@ -28,7 +28,7 @@ NODES = {
     6: ("LoRATrain", None, (800, 80), (360, 360),
         ["my_lora", 10, 0, 1, 42, "auto", 0, "", 1.0],
         {"model": (1, 0), "clip": (1, 1), "latents": (3, 0), "network": (4, 0), "optimizer": (5, 0)}),
-    7: ("LoRASaveSafetensors", None, (1220, 80), (320, 110), ["", "fp16"], {"lora": (6, 2)}),
+    7: ("LoRASaveSafetensors", None, (1220, 80), (320, 150), ["", "fp16", ""], {"lora": (6, 2)}),
     8: ("PreviewImage", "Loss graph", (1220, 240), (320, 260), [], {"images": (6, 3)}),
     9: ("CLIPTextEncode", "Preview prompt", (1220, 560), (400, 160), ["a photo of sks dog"], {"clip": (6, 1)}),
     10: ("CLIPTextEncode", "Negative prompt", (1220, 760), (400, 160), ["blurry, lowres"], {"clip": (6, 1)}),

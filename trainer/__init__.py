@@ -3,3 +3,5 @@
 Imports torch, safetensors, PIL and numpy; never ComfyUI (nodes/ adapts ComfyUI objects to
 trainer.interfaces).
 """
+
+__version__ = "0.1.0"          # pyproject.toml's version; recorded as modelspec.implementation_version

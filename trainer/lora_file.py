@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
+from . import __version__
 from .atomic_files import write_atomic
 from .errors import SaveError
 
@@ -46,6 +47,7 @@ def model_spec(base_model_version: str, title: str, resolution: tuple[int, int],
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": ARCHITECTURES[base_model_version],
         "modelspec.implementation": "diffusers",
+        "modelspec.implementation_version": f"comfyui-lora-trainer/{__version__}",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": date.isoformat(timespec="seconds"),
@@ -98,13 +100,18 @@ def unused_path(folder: str, name: str, suffix: str = ".safetensors") -> str:
     return candidate
 
 
-def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16") -> str:
-    """Save under `folder` (numbering the name if taken) in `precision`; returns the written path."""
+def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16",
+              extra_metadata: dict[str, str] | None = None) -> str:
+    """Save under `folder` (numbering the name if taken) in `precision`; returns the written path.
+
+    `extra_metadata` (what only the saving node knows: the base model's name and hashes, a comment, the
+    workflow) joins the run's metadata before the sshs_* hashes are taken, as kohya orders it.
+    """
     if precision not in SAVE_DTYPES:
         raise SaveError(f"Save precision {precision!r} is unknown; choose one of {', '.join(SAVE_DTYPES)}.")
     dtype = SAVE_DTYPES[precision]
     tensors = {key: value.to(dtype).contiguous() for key, value in lora.tensors.items()}
-    metadata = dict(lora.metadata)
+    metadata = {**lora.metadata, **(extra_metadata or {})}
     metadata = with_save_hashes(tensors, metadata)
     path = unused_path(folder, name)
     try:
@@ -113,6 +120,20 @@ def save_lora(lora: TrainedLora, folder: str, name: str, precision: str = "fp16"
         raise SaveError(f"Could not write {path}: {exc.strerror or exc}. Check that the folder is writable "
                         "and the disk has room.") from None
     return path
+
+
+def checkpoint_hashes(path: str) -> dict[str, str]:
+    """kohya's base-model keys for a checkpoint file: its name, the old A1111 hash (sha256 of 64 KiB at 1 MiB,
+    8 hex digits) and the full-file sha256 (A1111's new hash)."""
+    full = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        legacy = hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
+        handle.seek(0)
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            full.update(block)
+    return {"ss_sd_model_name": os.path.basename(path), "ss_sd_model_hash": legacy,
+            "ss_new_sd_model_hash": full.hexdigest()}
 
 
 def read_metadata(path: str) -> dict[str, str]:

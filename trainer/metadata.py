@@ -65,6 +65,10 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_adaptive_noise_scale": None,
         "ss_zero_terminal_snr": False,
         "ss_training_comment": None,
+        # the base checkpoint's file is known only to the graph: Save Safetensors fills these in where it is
+        "ss_sd_model_name": "unknown",
+        "ss_sd_model_hash": "unknown",
+        "ss_new_sd_model_hash": "unknown",
         "ss_sd_scripts_commit_hash": "comfyui-lora-trainer",
         "ss_optimizer": optimizer.optimizer_string(),
         "ss_max_grad_norm": optimizer.max_grad_norm,

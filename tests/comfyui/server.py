@@ -88,8 +88,9 @@ class ComfyServer:
             raise AssertionError(f"POST {path} -> {exc.code}: {exc.read().decode()}") from None
         return json.loads(text) if text else None
 
-    def queue(self, prompt: dict) -> str:
-        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+    def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
+        body = {"prompt": prompt, "client_id": self.client_id, **({"extra_data": extra_data} if extra_data else {})}
+        return self.post("/prompt", body)["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
         deadline = time.time() + timeout

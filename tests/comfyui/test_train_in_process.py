@@ -191,3 +191,18 @@ def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, 
     mm.unload_all_models()
     assert (continued - base).abs().max() > 1e-4                    # the file does change the model
     assert (continued - loaded).abs().max() <= 1e-5
+
+
+def test_the_base_checkpoint_is_found_through_the_prompt_graph(pack):
+    from comfyui_lora_trainer.nodes.base_model import base_model_file
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15/v1-5.safetensors"}},
+        "2": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": "eps"}},
+        "3": {"class_type": "LoRATrain", "inputs": {"model": ["2", 0], "clip": ["1", 1]}},
+        "4": {"class_type": "LoRASaveSafetensors", "inputs": {"lora": ["3", 2]}},
+        "5": {"class_type": "LoRASaveSafetensors", "inputs": {"lora": ["6", 0]}},
+        "6": {"class_type": "SomethingElse", "inputs": {}},
+    }
+    assert base_model_file(prompt, "4") == "checkpoints/sd15/v1-5.safetensors"
+    assert base_model_file(prompt, "5") is None and base_model_file(None, "4") is None

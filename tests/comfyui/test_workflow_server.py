@@ -306,6 +306,21 @@ def test_configure_lora_continues_from_a_file_in_the_loras_folder(server):
     assert "has rank 4" in error_message(refused) and execution_error(refused)["exception_type"] == "ConfigError"
 
 
+def test_saved_file_carries_the_comment_the_workflow_and_an_honest_base_model(server):
+    graph = training_graph("meta_lora", epochs=1)
+    graph["7"]["inputs"]["comment"] = "first try, sks dog"
+    workflow = {"nodes": [], "links": [], "note": "the workflow the frontend sends"}
+    entry = server.wait(server.queue(graph, {"extra_pnginfo": {"workflow": workflow}}))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    with safe_open(os.path.join(server.base_dir, "models", "loras", "meta_lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_training_comment"] == "first try, sks dog"
+    assert json.loads(metadata["workflow"]) == workflow
+    assert json.loads(metadata["prompt"])["6"]["class_type"] == "LoRATrain"
+    assert metadata["ss_sd_model_name"] == "unknown"            # the tiny loader names no checkpoint file
+    assert metadata["modelspec.implementation_version"].startswith("comfyui-lora-trainer/")
+
+
 def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
     prompt_id = server.queue(training_graph("cancel_lora", epochs=12))        # 5 steps per epoch, 60 in all
     deadline = time.time() + 120

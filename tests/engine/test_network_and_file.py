@@ -208,3 +208,21 @@ def test_continue_from_a_file_loads_its_weights_or_says_what_does_not_fit(tmp_pa
         continue_from_file(LoRANetwork(layers, NetworkConfig(rank=4, alpha=2)), str(loha), set())
     with pytest.raises(ConfigError, match="does not exist"):
         continue_from_file(fresh, str(tmp_path / "nowhere.safetensors"), set())
+
+
+def test_checkpoint_hashes_are_kohyas_and_the_file_names_its_implementation(tmp_path):
+    import hashlib
+
+    import trainer
+    from trainer.lora_file import checkpoint_hashes, model_spec
+
+    data = os.urandom(0x180000)
+    path = tmp_path / "base.safetensors"
+    path.write_bytes(data)
+    hashes = checkpoint_hashes(str(path))
+    assert hashes == {"ss_sd_model_name": "base.safetensors",
+                      "ss_sd_model_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8],
+                      "ss_new_sd_model_hash": hashlib.sha256(data).hexdigest()}
+    import datetime
+    spec = model_spec("sd_v1", "t", (512, 512), "epsilon", datetime.datetime(2026, 12, 1))
+    assert spec["modelspec.implementation_version"] == f"comfyui-lora-trainer/{trainer.__version__}"

@@ -92,3 +92,9 @@ def test_the_readme_claims_what_pyproject_declares():
     comfy_floor = project["tool"]["comfy"]["requires-comfyui"].removeprefix(">=")
     assert f"**ComfyUI** {comfy_floor} or newer" in readme and f"**v{comfy_floor}**" in readme
     assert f"comfy node install {project['project']['name']}" in readme
+
+
+def test_the_engine_reports_the_version_pyproject_declares():
+    import trainer
+
+    assert trainer.__version__ == pyproject()["project"]["version"]
