@@ -149,9 +149,10 @@ def test_the_vae_leaves_the_device_once_caching_is_done(comfy, pack, tiny):
     assert any(loaded.model is other.patcher for loaded in mm.current_loaded_models)   # others stay
 
 
-@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon"])
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon", "LoHa"])
 def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, comfy_folders, tiny, algorithm):
-    """Before the first step, the continued network's output equals the file applied by ComfyUI's LoraLoader."""
+    """Before the first step, the continued network's output equals the file applied by ComfyUI's LoraLoader
+    (so the trained network and ComfyUI's reading of its file agree, for each algorithm)."""
     import sys
 
     import comfy.model_management as mm
@@ -164,15 +165,13 @@ def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, 
 
     model, clip, latents = trained
     config = NetworkConfig(algorithm, rank=4, alpha=4, conv_rank=2, conv_alpha=1)
-    out = run(model, clip, latents, epochs=1) if algorithm == "LoRA" else None
-    with torch.inference_mode():
-        if out is None:                                   # a trained LoCon, through the same entry point
-            from comfyui_lora_trainer.nodes.train import run_training
-            from comfyui_lora_trainer.trainer.optim import OptimizerConfig
-            from comfyui_lora_trainer.trainer.plan import TrainSettings
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
 
-            out = run_training(model, clip, latents, config, OptimizerConfig(learning_rate=1e-3),
-                               TrainSettings(output_name="locon", epochs=1))
+    with torch.inference_mode():
+        out = run_training(model, clip, latents, config, OptimizerConfig(learning_rate=1e-3),
+                           TrainSettings(output_name=f"continue_{algorithm}", epochs=1))
     path = save_lora(out.lora, comfy_folders["loras"], f"continue_{algorithm}", precision="fp32")
     predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
 

@@ -143,7 +143,7 @@ def test_graph_trains_saves_and_previews_through_the_executor(server):
     assert "trained 10 step(s)" in outputs["6"]["text"][0]
 
 
-@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon"])
+@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon", "LoHa"])
 def test_saved_file_loads_in_loraloader_and_matches_train_output(server, algorithm):
     graph = training_graph(f"match_{algorithm}")
     graph["4"]["inputs"].update(algorithm=algorithm, conv_rank=2, conv_alpha=1.0)

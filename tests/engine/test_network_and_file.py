@@ -44,8 +44,8 @@ def test_alpha_zero_means_rank_and_state_dict_has_alpha():
     tensors = network.kohya_state_dict(torch.float16)
     assert set(tensors) == {"lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha"}
     assert tensors["lora_unet_a.alpha"].dim() == 0 and tensors["lora_unet_a.alpha"].dtype == torch.float16
-    with pytest.raises(ConfigError, match="choose one of LoRA, LoCon"):
-        NetworkConfig(algorithm="LoHa").validated()
+    with pytest.raises(ConfigError, match="choose one of LoRA, LoCon, LoHa"):
+        NetworkConfig(algorithm="LoKr").validated()
 
 
 def test_locon_gives_3x3_convolutions_their_own_rank_and_records_kohyas_network_args():
@@ -204,7 +204,8 @@ def test_continue_from_a_file_loads_its_weights_or_says_what_does_not_fit(tmp_pa
         continue_from_file(LoRANetwork(layers, NetworkConfig(rank=4, alpha=2)), locon_path, set(conv))
     loha = tmp_path / "loha.safetensors"
     safetensors.torch.save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 2)}, str(loha))
-    with pytest.raises(ConfigError, match="is a LoHa file"):
+    with pytest.raises(ConfigError, match="is a LoHa file and this network is LoRA; set Configure LoRA's algorithm to "
+                                          "LoHa"):
         continue_from_file(LoRANetwork(layers, NetworkConfig(rank=4, alpha=2)), str(loha), set())
     with pytest.raises(ConfigError, match="does not exist"):
         continue_from_file(fresh, str(tmp_path / "nowhere.safetensors"), set())
@@ -226,3 +227,31 @@ def test_checkpoint_hashes_are_kohyas_and_the_file_names_its_implementation(tmp_
     import datetime
     spec = model_spec("sd_v1", "t", (512, 512), "epsilon", datetime.datetime(2026, 12, 1))
     assert spec["modelspec.implementation_version"] == f"comfyui-lora-trainer/{trainer.__version__}"
+
+
+
+def test_loha_math_init_and_keys_are_lycoris():
+    from trainer.networks import LoHaModule
+
+    torch.manual_seed(0)
+    linear, conv = nn.Linear(12, 10), nn.Conv2d(4, 6, 3, padding=1, stride=2)
+    network = LoRANetwork({"lora_unet_l": linear, "lora_unet_c": conv}, NetworkConfig("LoHa", rank=4, alpha=2))
+    loha = network.lora_modules["lora_unet_l"]
+    assert isinstance(loha, LoHaModule) and torch.count_nonzero(loha.delta_weight()) == 0   # starts at the model
+    for module in network.lora_modules.values():
+        nn.init.normal_(module.hada_w2_a)
+    x = torch.randn(2, 12)
+    expected = ((loha.hada_w1_a @ loha.hada_w1_b) * (loha.hada_w2_a @ loha.hada_w2_b)) * 0.5
+    with network.attached({"lora_unet_l": linear, "lora_unet_c": conv}):
+        assert torch.allclose(linear(x), nn.functional.linear(x, linear.weight + expected, linear.bias), atol=1e-5)
+        image = torch.randn(1, 4, 9, 9)
+        merged = conv.weight + network.lora_modules["lora_unet_c"].delta_weight()
+        assert torch.allclose(conv(image), nn.functional.conv2d(image, merged, conv.bias, 2, 1), atol=1e-5)
+    tensors = network.kohya_state_dict()
+    assert set(tensors) == {f"lora_unet_{n}.{k}" for n in "lc" for k in
+                            ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")}
+    assert tensors["lora_unet_c.hada_w1_b"].shape == (4, 4 * 3 * 3)
+    config = NetworkConfig("LoHa", rank=4, alpha=2)
+    assert config.network_args() == {"algo": "loha"}
+    with pytest.raises(ConfigError, match="module dropout only"):
+        NetworkConfig("LoHa", rank_dropout=0.1).validated()

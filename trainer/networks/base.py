@@ -14,7 +14,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import NetworkConfig
+from .loha import LoHaModule
 from .lora import Dropouts, LoRAModule
+
+# the module each algorithm of config.ALGORITHMS trains (LoCon is LoRA on more layers)
+MODULE_CLASSES = {"LoRA": LoRAModule, "LoCon": LoRAModule, "LoHa": LoHaModule}
 
 
 class LoRANetwork(nn.Module):
@@ -27,8 +31,9 @@ class LoRANetwork(nn.Module):
             raise ConfigError("The model has no layers LoRA can wrap (no attention / projection layers found).")
         self.config = config
         self.dropouts = Dropouts(config.network_dropout, config.rank_dropout, config.module_dropout)
+        module_class = MODULE_CLASSES[config.algorithm]
         self.lora_modules = nn.ModuleDict(
-            {name: LoRAModule(layer, *config.rank_and_alpha_for(layer), self.dropouts)
+            {name: module_class(layer, *config.rank_and_alpha_for(layer), self.dropouts)
              for name, layer in targets.items()})
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -47,23 +52,23 @@ class LoRANetwork(nn.Module):
                 handle.remove()
 
     def load_kohya_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Take up/down weights saved by kohya_state_dict (same modules, same rank)."""
+        """Take the weights saved by kohya_state_dict (same modules, same rank)."""
         with torch.no_grad():
             for name, module in self.lora_modules.items():
-                for part, layer in (("lora_down", module.down), ("lora_up", module.up)):
-                    saved = tensors.get(f"{name}.{part}.weight")
-                    if saved is None or saved.shape != layer.weight.shape:
-                        raise ConfigError(f"The saved LoRA does not fit this network at {name}.{part} "
+                for suffix, parameter in module.saved_parameters().items():
+                    saved = tensors.get(f"{name}.{suffix}")
+                    if saved is None or saved.shape != parameter.shape:
+                        raise ConfigError(f"The saved LoRA does not fit this network at {name}.{suffix} "
                                           f"(saved {None if saved is None else tuple(saved.shape)}, "
-                                          f"expected {tuple(layer.weight.shape)}).")
-                    layer.weight.copy_(saved)
+                                          f"expected {tuple(parameter.shape)}).")
+                    parameter.copy_(saved)
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Tensors under kohya's key names, on CPU, contiguous, in `dtype` (alpha included)."""
         tensors = {}
         for name, module in self.lora_modules.items():
-            tensors[f"{name}.lora_down.weight"] = module.down.weight.detach().to("cpu", dtype).contiguous()
-            tensors[f"{name}.lora_up.weight"] = module.up.weight.detach().to("cpu", dtype).contiguous()
+            for suffix, parameter in module.saved_parameters().items():
+                tensors[f"{name}.{suffix}"] = parameter.detach().to("cpu", dtype).contiguous()
             tensors[f"{name}.alpha"] = module.alpha.detach().to("cpu", dtype).clone()
         return tensors
 
@@ -71,7 +76,7 @@ class LoRANetwork(nn.Module):
 class _AddLoRAOutput:
     """Forward hook: layer output + LoRA output, cast back to the layer's output dtype."""
 
-    def __init__(self, lora: LoRAModule):
+    def __init__(self, lora: nn.Module):
         self.lora = lora
 
     def __call__(self, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,14 @@ class Algorithm:
     name: str
     wraps_convolutions: bool           # LoCon: also ResNet / down- / upsampling layers, 3x3 convs at conv rank
     network_module: str                # kohya's ss_network_module
+    lycoris_algo: str = ""             # LyCORIS's algo= in ss_network_args ("" for kohya's networks.lora)
+    file_kind: str = "lora"            # what its saved keys look like: "lora" (lora_down/up) or "loha" (hada_*)
 
 
 ALGORITHMS = {
     "LoRA": Algorithm("LoRA", False, "networks.lora"),
     "LoCon": Algorithm("LoCon", True, "networks.lora"),      # kohya: networks.lora with conv_dim / conv_alpha
+    "LoHa": Algorithm("LoHa", False, "lycoris.kohya", "loha", "loha"),
 }
 
 
@@ -51,6 +54,8 @@ class NetworkConfig:
             raise ConfigError(f"conv rank (conv_dim) is {self.conv_rank}; use 1..1024 (kohya_ss default 1).")
         if self.uses_convolutions and self.conv_alpha < 0:
             raise ConfigError(f"conv alpha is {self.conv_alpha}; use 0 or more (0 means conv alpha = conv rank).")
+        if self.algorithm == "LoHa" and (self.network_dropout or self.rank_dropout):
+            raise ConfigError("LoHa takes module dropout only here; set network_dropout and rank_dropout to 0.")
         for name in ("network_dropout", "rank_dropout", "module_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it is a probability from 0 up to (not "
@@ -83,6 +88,8 @@ class NetworkConfig:
     def network_args(self) -> dict[str, str]:
         """kohya's ss_network_args: the --network_args that would make this network (strings, as kohya)."""
         args = {}
+        if ALGORITHMS[self.algorithm].lycoris_algo:
+            args["algo"] = ALGORITHMS[self.algorithm].lycoris_algo
         if self.uses_convolutions:
             args.update(conv_dim=str(self.conv_rank), conv_alpha=str(self.effective_conv_alpha))
         for name in ("rank_dropout", "module_dropout"):

@@ -2,7 +2,8 @@
 
 The network is built from the settings as usual, then each module takes the file's `lora_down` / `lora_up`
 weights. What does not fit is named: a file for another algorithm (LoCon's convolution modules, LoHa's
-`hada_*`, LoKr's `lokr_*`), another model family (names this model does not have), another rank or alpha.
+`hada_*`, LoKr's `lokr_*`, DoRA's `dora_scale`), another model family (names this model does not have),
+another rank or alpha.
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ import safetensors.torch
 import torch
 
 from ..errors import ConfigError
+from .config import ALGORITHMS
 
-OTHER_ALGORITHMS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "dora_scale": "DoRA"}
+# a key suffix that tells a file's algorithm, and the algorithm's name (as the node offers it where it does)
+FILE_KINDS = {"hada_w1_a": ("loha", "LoHa"), "lokr_w1": ("lokr", "LoKr"), "lokr_w1_a": ("lokr", "LoKr"),
+              "dora_scale": ("dora", "DoRA")}
+
+
+def file_kind(tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
+    for suffix, kind in FILE_KINDS.items():
+        if any(key.endswith("." + suffix) for key in tensors):
+            return kind
+    return "lora", "LoRA"
 
 
 def read_lora_tensors(path: str) -> dict[str, torch.Tensor]:
@@ -28,9 +39,14 @@ def read_lora_tensors(path: str) -> dict[str, torch.Tensor]:
 
 def check_fits(tensors: dict[str, torch.Tensor], network, conv_names: set[str], source: str) -> None:
     """Raise ConfigError saying why `tensors` cannot continue `network`; `conv_names`: LoCon's extra modules."""
-    for suffix, algorithm in OTHER_ALGORITHMS.items():
-        if any(key.endswith("." + suffix) for key in tensors):
-            raise ConfigError(f"{source} is a {algorithm} file; this version continues LoRA and LoCon files.")
+    kind, algorithm = file_kind(tensors)
+    wanted = ALGORITHMS[network.config.algorithm].file_kind
+    if kind != wanted:
+        offered = [name for name, spec in ALGORITHMS.items() if spec.file_kind == kind]
+        advice = (f"set Configure LoRA's algorithm to {offered[0]} to continue it" if offered
+                  else f"this version does not train {algorithm} yet")
+        raise ConfigError(f"{source} is a {algorithm} file and this network is {network.config.algorithm}; "
+                          f"{advice}.")
     in_file = {key.split(".", 1)[0] for key in tensors}
     ours = set(network.lora_modules)
     extra, missing = sorted(in_file - ours), sorted(ours - in_file)
@@ -46,13 +62,13 @@ def check_fits(tensors: dict[str, torch.Tensor], network, conv_names: set[str], 
                           f"in this model and {len(missing)} of this model's are not in the file (e.g. {example}). "
                           "Continue it on the model family it was trained for.")
     for name, module in network.lora_modules.items():
-        down = tensors.get(f"{name}.lora_down.weight")
-        if down is None:
-            raise ConfigError(f"{source} has no {name}.lora_down.weight; it is not a kohya LoRA file.")
-        if down.shape[0] != module.rank:
-            raise ConfigError(f"{source} has rank {down.shape[0]} at {name}, this network {module.rank}; set "
+        ranked = tensors.get(f"{name}.{module.RANK_KEY}")
+        if ranked is None:
+            raise ConfigError(f"{source} has no {name}.{module.RANK_KEY}; it is not a kohya/LyCORIS file of this kind.")
+        if ranked.shape[0] != module.rank:
+            raise ConfigError(f"{source} has rank {ranked.shape[0]} at {name}, this network {module.rank}; set "
                               f"Configure LoRA's {'conv rank' if module.rank != network.config.rank else 'rank'} "
-                              f"to {down.shape[0]} to continue it.")
+                              f"to {ranked.shape[0]} to continue it.")
         alpha = tensors.get(f"{name}.alpha")
         if alpha is not None and abs(float(alpha) - float(module.alpha)) > 1e-4 * max(1.0, float(module.alpha)):
             raise ConfigError(f"{source} has alpha {float(alpha):g} at {name}, this network {float(module.alpha):g}; "

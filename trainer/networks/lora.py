@@ -32,6 +32,8 @@ class Dropouts:
 class LoRAModule(nn.Module):
     """Low-rank update for one Linear or Conv2d layer."""
 
+    RANK_KEY = "lora_down.weight"     # the saved tensor whose first dimension is the rank
+
     def __init__(self, layer: nn.Module, rank: int, alpha: float, dropouts: Dropouts | None = None):
         super().__init__()
         if isinstance(layer, nn.Conv2d):
@@ -72,6 +74,10 @@ class LoRAModule(nn.Module):
             hidden = hidden * keep
             scale = scale / (1.0 - drop.rank)
         return self.up(hidden) * scale
+
+    def saved_parameters(self) -> dict[str, nn.Parameter]:
+        """The trained tensors under their kohya key suffixes (`.alpha` is saved beside them by the network)."""
+        return {"lora_down.weight": self.down.weight, "lora_up.weight": self.up.weight}
 
     def delta_weight(self) -> torch.Tensor:
         """The merged weight update, shaped like the wrapped layer's weight (for tests and merging)."""
