@@ -213,11 +213,8 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
         raise DatasetError(f"No image of {dataset.root} could be cached:\n{reasons}")
     buckets = balance_regularization(buckets, dataset)
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
-    cache = LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode,
-                        tuple(skipped), interpolation)
-    if disk is not None:
-        cache.disk_counts = (disk.loaded, disk.written)
-    return cache
+    return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode, tuple(skipped),
+                       interpolation, (disk.loaded, disk.written) if disk is not None else (0, 0))
 
 
 def disk_source(disk: DiskLatentStore | None, item) -> dict | None:

@@ -38,11 +38,13 @@ def fixed_caption(sample) -> str | None:
 class CaptionContexts:
     def __init__(self, encoder: CaptionEncoder, samples, device: torch.device, seed: int):
         self.encoder, self.device, self.seed = encoder, device, seed
+        # each distinct (caption, options) once, up front: the training step only looks its answer up
+        self.fixed_text = {(s.caption, s.caption_options): fixed_caption(s) for s in samples}
+        self.changing = any(text is None for text in self.fixed_text.values())
         self.fixed: dict[str, torch.Tensor] = {}
         self.recent: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.changing = any(fixed_caption(sample) is None for sample in samples)
         with torch.no_grad():
-            for caption in dict.fromkeys(c for c in map(fixed_caption, samples) if c is not None):
+            for caption in dict.fromkeys(c for c in self.fixed_text.values() if c is not None):
                 self.fixed[caption] = self._encode(caption)
 
     def _encode(self, caption: str) -> torch.Tensor:
@@ -51,7 +53,7 @@ class CaptionContexts:
 
     def caption_for(self, sample, epoch: int, draw: int) -> str:
         """What `sample` trains on as draw number `draw` of `epoch` (0-based, as the loop counts)."""
-        fixed = fixed_caption(sample)
+        fixed = self.fixed_text.get((sample.caption, sample.caption_options))
         if fixed is not None:
             return fixed
         return process_caption(sample.caption, sample.caption_options, sample_random(self.seed, epoch, draw),
