@@ -6,17 +6,15 @@ LoRA key mapping, and how CLIP and VAE encode.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..trainer.errors import ModelError
+from ..trainer.families import SD1, Family
 from ..trainer.interfaces import TrainableModel
-from ..trainer.kohya_names import block_targets
 from ..trainer.latent_disk import module_identity
-
-# ComfyUI's class for what kohya (and diffusers) call Transformer2DModel
-COMFY_TRANSFORMER_CLASSES = ("SpatialTransformer",)
-# ComfyUI's classes for kohya's LoCon blocks: ResnetBlock2D, Downsample2D, Upsample2D
-COMFY_CONV_BLOCK_CLASSES = ("ResBlock", "Downsample", "Upsample")
+from .comfy_targets import COMFY_CONV_BLOCK_CLASSES, clip_targets, family_of, unet_targets
 
 
 class ComfyDenoiser:
@@ -55,7 +53,24 @@ class ComfyCaptionEncoder:
     def encode(self, caption: str) -> torch.Tensor:
         literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
         tokens = self.clip.tokenize(literal)
-        return self.clip.encode_from_tokens(tokens)
+        if not torch.is_grad_enabled():
+            return self.clip.encode_from_tokens(tokens)
+        with layer_norm_inputs_copied(self.clip.cond_stage_model):     # the text encoder's LoRA is training
+            return self.clip.encode_from_tokens(tokens)
+
+
+@contextmanager
+def layer_norm_inputs_copied(root: torch.nn.Module):
+    """ComfyUI's CLIP layers add to the residual in place (`x += self.mlp(self.layer_norm2(x))`), after a layer
+    norm kept `x` for the backward pass; with gradients flowing (a training text-encoder LoRA) autograd refuses
+    that. Each layer norm gets its own copy of its input for the duration of the block, and nothing else changes."""
+    handles = [module.register_forward_pre_hook(lambda _module, args: (args[0].clone(), *args[1:]))
+               for module in root.modules() if isinstance(module, torch.nn.LayerNorm)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class ComfyVAEEncoder:
@@ -99,12 +114,11 @@ def prediction_type_of(sampling) -> str:
                      "models in this version.")
 
 
-def model_family(patcher) -> str:
-    """kohya's ss_base_model_version for the models this version trains; a clear error for the rest."""
-    import comfy.supported_models
-
+def model_family(patcher) -> Family:
+    """The family of a MODEL this version trains; a clear error for the rest."""
     config = patcher.model.model_config
-    if type(config) is not comfy.supported_models.SD15:
+    family = family_of(config)
+    if family is not SD1:
         raise ModelError(f"Train supports SD1.x checkpoints in this version, and this MODEL is "
                          f"{type(config).__name__}. Load an SD1.5-based checkpoint; SD2 and SDXL support is on "
                          "the roadmap.")
@@ -114,32 +128,7 @@ def model_family(patcher) -> str:
     if prediction_type_of(patcher.get_model_object("model_sampling")) != "epsilon":
         raise ModelError("This SD1.x MODEL is set to v-prediction (ModelSamplingDiscrete); this version trains "
                          "SD1.x with epsilon prediction only. Remove the v-prediction node before Train.")
-    return "sd_v1"
-
-
-def ldm_to_diffusers_paths(unet_config: dict) -> dict[str, str]:
-    """ComfyUI (LDM) module path -> diffusers module path, by inverting comfy.utils.unet_to_diffusers."""
-    import comfy.utils
-
-    mapping = {}
-    for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(unet_config).items():
-        if diffusers_key.endswith(".weight") and ldm_key.endswith(".weight"):
-            mapping[ldm_key[: -len(".weight")]] = diffusers_key[: -len(".weight")]
-    return mapping
-
-
-def sd1_lora_targets(unet, unet_config: dict, block_classes: tuple[str, ...] = COMFY_TRANSFORMER_CLASSES) -> dict:
-    """kohya names (diffusers-style for SD1.x) -> ComfyUI layers, for every Linear/Conv2d in the given blocks
-    (the transformers by default; LoCon's ResNet and sampling blocks with COMFY_CONV_BLOCK_CLASSES)."""
-    paths = ldm_to_diffusers_paths(unet_config)
-
-    def rename(ldm_path: str) -> str:
-        if ldm_path not in paths:
-            raise ModelError(f"Layer {ldm_path} has no diffusers name in ComfyUI's SD1 key table; this UNet "
-                             "layout is not one the trainer knows.")
-        return paths[ldm_path]
-
-    return block_targets(unet, block_classes, rename)
+    return family
 
 
 def training_patcher(patcher):
@@ -168,7 +157,8 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
     family = model_family(patcher)
     patcher = training_patcher(patcher)
     base = patcher.model
-    targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config)
+    unet, unet_config = base.diffusion_model, base.model_config.unet_config
+    targets = unet_targets(unet, unet_config, family)
 
     def load_unet(keep_text_encoder: bool) -> None:
         # after the fixed captions are encoded, so loading CLIP cannot push the UNet back off the GPU; when
@@ -176,9 +166,11 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
         models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
         comfy.model_management.load_models_gpu(models, force_full_load=True)
 
-    conv_targets = sd1_lora_targets(base.diffusion_model, base.model_config.unet_config, COMFY_CONV_BLOCK_CLASSES)
-    return TrainableModel(ComfyDenoiser(patcher), targets, base.diffusion_model, family, ComfyCaptionEncoder(clip),
-                          conv_targets=conv_targets, prepare=load_unet)
+    conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
+    return TrainableModel(ComfyDenoiser(patcher), targets, unet, family.version, ComfyCaptionEncoder(clip),
+                          conv_targets=conv_targets, prepare=load_unet,
+                          text_encoder_targets=lambda: clip_targets(clip, family),
+                          text_encoder_root=getattr(clip, "cond_stage_model", None))
 
 
 def clip_skip_of(clip) -> int | None:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .interfaces import TrainableModel
-from .kohya_names import block_targets
+from .families import SD1
+from .kohya_names import block_targets, text_encoder_targets
 from .latent_disk import module_identity
 from .objective import scaled_linear_alphas_cumprod
 
@@ -61,8 +62,13 @@ class FunctionCaptionEncoder:
         return self._encode(caption)
 
 
-def diffusers_sd1_trainable(unet: nn.Module, caption_encoder, prediction_type: str = "epsilon") -> TrainableModel:
+def diffusers_sd1_trainable(unet: nn.Module, caption_encoder, prediction_type: str = "epsilon",
+                            text_encoder: nn.Module | None = None) -> TrainableModel:
+    """`text_encoder`: a transformers CLIPTextModel that `caption_encoder` runs, for networks that train it."""
     targets = block_targets(unet, ("Transformer2DModel",))
     conv_targets = block_targets(unet, DIFFUSERS_CONV_BLOCKS)
-    return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, "sd_v1", caption_encoder,
-                          conv_targets=conv_targets)
+    te_names = SD1.text_encoders[0]
+    text_targets = (None if text_encoder is None else
+                    lambda: text_encoder_targets(text_encoder, te_names.prefix, te_names.kohya_layers))
+    return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, SD1.version, caption_encoder,
+                          conv_targets=conv_targets, text_encoder_targets=text_targets, text_encoder_root=text_encoder)

@@ -12,6 +12,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -66,11 +68,24 @@ class TrainableModel:
     caption_encoder: CaptionEncoder
     # LoCon's extra layers (ResNet, down- and upsampling blocks), by kohya name; empty where not offered
     conv_targets: dict[str, nn.Module] = field(default_factory=dict)
-    # called once the fixed captions are encoded, before the first step, with True when changing captions
-    # (shuffle, dropout) still need the text encoder during training
+    # called once the fixed captions are encoded, before the first step, with True when the text encoder is
+    # still needed during training (changing captions, or a text encoder that trains)
     prepare: Callable[[bool], None] | None = None
+    # the text encoders' layers (`lora_te_...`, `lora_te1_...` / `lora_te2_...`) and their root module,
+    # for networks that train the text encoder; built on first use
+    text_encoder_targets: Callable[[], dict[str, nn.Module]] | None = None
+    text_encoder_root: nn.Module | None = None
 
-
-    def targets_for(self, wraps_convolutions: bool) -> dict[str, nn.Module]:
-        """The layers a network wraps: LoRA's, plus the convolution blocks' for LoCon."""
-        return {**self.lora_targets, **self.conv_targets} if wraps_convolutions else dict(self.lora_targets)
+    def targets_for(self, wraps_convolutions: bool, train_unet: bool = True,
+                    train_text_encoder: bool = False) -> dict[str, nn.Module]:
+        """The layers a network wraps: the text encoders' and/or the UNet's (with LoCon's convolution blocks)."""
+        targets: dict[str, nn.Module] = {}
+        if train_text_encoder:
+            if self.text_encoder_targets is None:
+                raise ConfigError("This model offers no text encoder to train; set Configure LoRA's train to unet.")
+            targets.update(self.text_encoder_targets())
+        if train_unet:
+            targets.update(self.lora_targets)
+            if wraps_convolutions:
+                targets.update(self.conv_targets)
+        return targets

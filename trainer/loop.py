@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -129,23 +129,29 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
 
-    captions = CaptionContexts(model.caption_encoder, cache.samples, denoiser.device, settings.seed)
-    if model.prepare is not None:
-        # e.g. load the UNet onto the GPU once the fixed captions are encoded; changing captions keep the
-        # text encoder loaded beside it
-        model.prepare(captions.changing)
-
-    targets = model.targets_for(network_config.validated().uses_convolutions)
-    if network_config.uses_convolutions and not model.conv_targets:
+    network_config = network_config.validated()
+    targets = model.targets_for(network_config.uses_convolutions, network_config.train_unet,
+                                network_config.train_text_encoder)
+    if network_config.uses_convolutions and network_config.train_unet and not model.conv_targets:
         raise ConfigError(f"{network_config.algorithm} also trains convolution layers, and this model offers none; "
                           "choose LoRA.")
+    captions = CaptionContexts(model.caption_encoder, cache.samples, denoiser.device, settings.seed,
+                               encoder_trains=network_config.train_text_encoder)
+    if model.prepare is not None:
+        # e.g. load the UNet onto the GPU once the fixed captions are encoded; changing captions and a
+        # training text encoder keep the text encoder loaded beside it
+        model.prepare(captions.needs_encoder)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(targets, network_config)
     if network_config.continue_from:
         continue_from_file(network, network_config.continue_from, set(model.conv_targets))
     network.to(denoiser.device)
-    optimizer, scheduler = build_optimizer(optimizer_config, network.trainable_parameters(), plan.total_steps)
+    groups = network.parameter_groups(optimizer_config.learning_rate, optimizer_config.text_encoder_lr,
+                                      optimizer_config.loraplus_lr_ratio)
+    optimizer, scheduler = build_optimizer(optimizer_config, groups, plan.total_steps)
+    logged_group = next((i for i, g in enumerate(groups) if g["name"] == "unet"), 0)   # the lr the chart shows
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
                         settings.prior_loss_weight)
@@ -168,9 +174,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                           network.kohya_state_dict(), optimizer.state_dict(), scheduler.state_dict(),
                           stepper.scaler.state_dict(), rng_state.clone())
 
-    replace_inference_tensors(model.frozen_root)
+    frozen_roots = [model.frozen_root]
+    if network_config.train_text_encoder and model.text_encoder_root is not None:
+        frozen_roots.append(model.text_encoder_root)     # gradients flow through it to its LoRA modules
+    for root in frozen_roots:
+        replace_inference_tensors(root)
     first_epoch, done_in_epoch = divmod(progress.step, plan.batches_per_epoch)
-    with frozen(model.frozen_root), network.attached(targets):
+    with ExitStack() as frozen_models, network.attached(targets):
+        for root in frozen_roots:
+            frozen_models.enter_context(frozen(root))
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
@@ -185,7 +197,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     batch_captions = [captions.caption_for(sample, epoch, draws[batch_index] + position)
                                       for position, sample in enumerate(batch)]
                     loss = stepper(batch, progress.step + 1, batch_captions)
-                    progress.learning_rates.append(scheduler.get_last_lr()[0])
+                    progress.learning_rates.append(scheduler.get_last_lr()[logged_group])
                     scheduler.step()
                     progress.step += 1
                     progress.losses.append(loss)

@@ -16,9 +16,9 @@ import torch
 from . import __version__
 from .atomic_files import write_atomic
 from .errors import SaveError
+from .families import FAMILIES
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ARCHITECTURES = {"sd_v1": "stable-diffusion-v1/lora"}
 
 
 @dataclass
@@ -45,7 +45,7 @@ def model_spec(base_model_version: str, title: str, resolution: tuple[int, int],
     """kohya's modelspec keys for a LoRA (sai_model_spec 1.0.1)."""
     return {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": ARCHITECTURES[base_model_version],
+        "modelspec.architecture": FAMILIES[base_model_version].architecture(prediction_type),
         "modelspec.implementation": "diffusers",
         "modelspec.implementation_version": f"comfyui-lora-trainer/{__version__}",
         "modelspec.title": title,

@@ -9,7 +9,8 @@ from .dataset.caption_processing import CaptionOptions
 from .latent_cache import LatentCache, tag_frequency
 from .lora_file import json_text, model_spec
 from .loop import TrainProgress
-from .networks import ALGORITHMS, NetworkConfig
+from .families import FAMILIES
+from .networks import NetworkConfig
 from .optim import OptimizerConfig
 from .plan import TrainPlan, TrainSettings
 
@@ -34,7 +35,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_training_finished_at": progress.finished_at or time.time(),
         "ss_output_name": run_name,
         "ss_learning_rate": optimizer.learning_rate,
-        "ss_text_encoder_lr": None,
+        "ss_text_encoder_lr": optimizer.text_encoder_lr if network.train_text_encoder else None,
         "ss_unet_lr": optimizer.learning_rate,
         "ss_num_train_images": cache.num_train_images,
         "ss_num_validation_images": 0,
@@ -46,13 +47,13 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": optimizer.warmup_steps(plan.total_steps),
         "ss_lr_scheduler": optimizer.effective_scheduler(),
-        "ss_network_module": ALGORITHMS[network.algorithm].network_module,
+        "ss_network_module": network.network_module,
         "ss_network_dim": network.rank,
         "ss_network_alpha": network.effective_alpha,
         "ss_network_dropout": network.network_dropout or None,
         "ss_mixed_precision": "no" if precision == "fp32" else precision,
         "ss_full_fp16": False,
-        "ss_v2": False,
+        "ss_v2": FAMILIES[base_model_version].v2,
         "ss_base_model_version": base_model_version,
         "ss_clip_skip": clip_skip,
         "ss_max_token_length": None,
@@ -118,7 +119,10 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
     metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))
     if clip_skip:
         metadata["modelspec.encoder_layer"] = str(clip_skip)
-    if network.network_args():                # kohya writes it only when --network_args were given
-        metadata["ss_network_args"] = json_text(network.network_args())
+    network_args = network.network_args()
+    if optimizer.loraplus_lr_ratio:            # kohya takes LoRA+ as a network argument
+        network_args["loraplus_lr_ratio"] = str(optimizer.loraplus_lr_ratio)
+    if network_args:                          # kohya writes it only when --network_args were given
+        metadata["ss_network_args"] = json_text(network_args)
     return metadata
 

@@ -24,7 +24,9 @@ class OptimizerConfig:
     """What the Optimizer node produces (LORA_OPTIMIZER)."""
 
     optimizer_type: str = "AdamW"
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4          # the UNet's (kohya's learning_rate / unet_lr)
+    text_encoder_lr: float = 1e-4        # kohya_ss GUI default; 0 leaves the text encoder's LoRA as it is
+    loraplus_lr_ratio: float = 0.0       # LoRA+: the up matrices train at lr x ratio (kohya suggests 16); 0 = off
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -39,8 +41,11 @@ class OptimizerConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"Scheduler {self.scheduler!r} is not available yet; choose one of "
                               f"{', '.join(SCHEDULERS)}.")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate is {self.learning_rate}; it must be above 0 (kohya_ss default 1e-4).")
+        if not self.learning_rate >= 0 or not self.text_encoder_lr >= 0:
+            raise ConfigError("learning rates must be 0 or more (0 leaves that part as it is; kohya_ss default 1e-4).")
+        if self.loraplus_lr_ratio and not self.loraplus_lr_ratio >= 1:
+            raise ConfigError(f"loraplus_lr_ratio is {self.loraplus_lr_ratio}; use 0 (off) or 1 and more (the "
+                              "LoRA+ paper and kohya suggest 16).")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup is {self.warmup_ratio}; give it as a share of all steps, 0 to below 1 "
                               "(0.1 = the first 10% of steps).")
@@ -61,7 +66,9 @@ class OptimizerConfig:
         return self.scheduler
 
     def describe(self, total_steps: int) -> str:
-        text = (f"{self.optimizer_type} lr {self.learning_rate:g}, weight decay {self.weight_decay:g}, "
+        text = (f"{self.optimizer_type} lr {self.learning_rate:g}"
+                + (f", LoRA+ ratio {self.loraplus_lr_ratio:g}" if self.loraplus_lr_ratio else "")
+                + f", weight decay {self.weight_decay:g}, "
                 f"betas {self.betas[0]:g}/{self.betas[1]:g}; {self.effective_scheduler()} schedule, "
                 f"{self.warmup_steps(total_steps)} warmup step(s)")
         if self.effective_scheduler() != self.scheduler:
@@ -87,9 +94,12 @@ def lr_multiplier(scheduler: str, step: int, warmup_steps: int, total_steps: int
     raise ConfigError(f"unknown scheduler {scheduler!r}")
 
 
-def build_optimizer(config: OptimizerConfig, params: list[torch.nn.Parameter],
-                    total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+def build_optimizer(config: OptimizerConfig, params: list, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """`params`: parameters, or groups (dicts with params and lr, as LoRANetwork.parameter_groups makes)."""
     config = config.validated()
+    if not params:
+        raise ConfigError("Every learning rate of this run is 0, so nothing would train; set the learning rate of "
+                          "the part you train above 0.")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas, eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler_name = config.effective_scheduler()

@@ -3,6 +3,8 @@
 Captions that cannot change between steps are encoded once, before training, and the text encoder can
 leave the device. Captions that change (shuffled, dropped, tag dropout: caption_processing.py) are encoded
 when a step draws them, with the most recent ones kept, as kohya does without cached text-encoder outputs.
+When the text encoder trains (its LoRA modules are attached), every caption is encoded at every step, with
+gradients, and nothing is kept.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ def fixed_caption(sample) -> str | None:
 
 
 class CaptionContexts:
-    def __init__(self, encoder: CaptionEncoder, samples, device: torch.device, seed: int):
+    def __init__(self, encoder: CaptionEncoder, samples, device: torch.device, seed: int,
+                 encoder_trains: bool = False):
         self.encoder, self.device, self.seed = encoder, device, seed
+        self.encoder_trains = encoder_trains
         # each distinct (caption, options) once, up front: the training step only looks its answer up
         self.fixed_text = {(s.caption, s.caption_options): fixed_caption(s) for s in samples}
         self.changing = any(text is None for text in self.fixed_text.values())
         self.fixed: dict[str, torch.Tensor] = {}
         self.recent: OrderedDict[str, torch.Tensor] = OrderedDict()
+        if encoder_trains:
+            return
         with torch.no_grad():
             for caption in dict.fromkeys(c for c in self.fixed_text.values() if c is not None):
                 self.fixed[caption] = self._encode(caption)
@@ -59,7 +65,14 @@ class CaptionContexts:
         return process_caption(sample.caption, sample.caption_options, sample_random(self.seed, epoch, draw),
                                epoch + 1)
 
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether the text encoder is still used once training starts."""
+        return self.changing or self.encoder_trains
+
     def context(self, caption: str) -> torch.Tensor:
+        if self.encoder_trains:
+            return self.encoder.encode(caption).to(self.device, torch.float32)
         if caption in self.fixed:
             return self.fixed[caption]
         if caption in self.recent:

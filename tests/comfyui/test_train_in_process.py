@@ -82,7 +82,7 @@ def test_models_other_than_sd1_epsilon_are_refused_clearly(comfy, pack, tiny):
         model_family(sdxl)
 
     sd15 = tiny.sd15_model(randomize=False)
-    assert model_family(sd15) == "sd_v1"
+    assert model_family(sd15).version == "sd_v1"
 
     class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
         pass
@@ -149,7 +149,12 @@ def test_the_vae_leaves_the_device_once_caching_is_done(comfy, pack, tiny):
     assert any(loaded.model is other.patcher for loaded in mm.current_loaded_models)   # others stay
 
 
-@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon", "LoHa"])
+CONTINUE_CASES = {"LoRA": {}, "LoCon": dict(algorithm="LoCon"), "LoHa": dict(algorithm="LoHa"),
+                  "LoKr": dict(algorithm="LoKr", decompose_both=True, rank=2), "DyLoRA": dict(algorithm="DyLoRA"),
+                  "DoRA": dict(dora=True), "LoRA with text encoder": dict(train_on="both")}
+
+
+@pytest.mark.parametrize("algorithm", list(CONTINUE_CASES))
 def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, comfy_folders, tiny, algorithm):
     """Before the first step, the continued network's output equals the file applied by ComfyUI's LoraLoader
     (so the trained network and ComfyUI's reading of its file agree, for each algorithm)."""
@@ -164,21 +169,21 @@ def test_continuing_from_a_file_starts_where_loraloader_puts_the_model(trained, 
     from comfyui_lora_trainer.trainer.networks.continue_from import continue_from_file, read_lora_tensors
 
     model, clip, latents = trained
-    config = NetworkConfig(algorithm, rank=4, alpha=4, conv_rank=2, conv_alpha=1)
+    config = NetworkConfig(**{"rank": 4, "alpha": 4, "conv_rank": 2, "conv_alpha": 1, **CONTINUE_CASES[algorithm]})
     from comfyui_lora_trainer.nodes.train import run_training
     from comfyui_lora_trainer.trainer.optim import OptimizerConfig
     from comfyui_lora_trainer.trainer.plan import TrainSettings
 
     with torch.inference_mode():
         out = run_training(model, clip, latents, config, OptimizerConfig(learning_rate=1e-3),
-                           TrainSettings(output_name=f"continue_{algorithm}", epochs=1))
-    path = save_lora(out.lora, comfy_folders["loras"], f"continue_{algorithm}", precision="fp32")
+                           TrainSettings(output_name="continue", epochs=1))
+    path = save_lora(out.lora, comfy_folders["loras"], "continue", precision="fp32")
     predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
 
     with torch.inference_mode(False), torch.no_grad():
         trainable = trainable_from_comfy(model, clip)
-        targets = trainable.targets_for(config.uses_convolutions)
-        network = LoRANetwork(targets, NetworkConfig(**{**config.__dict__, "continue_from": path}))
+        targets = trainable.targets_for(config.uses_convolutions, config.train_unet, config.train_text_encoder)
+        network = LoRANetwork(targets, NetworkConfig(**{**config.__dict__, "continue_from": path})).eval()
         continue_from_file(network, path, set(trainable.conv_targets))
         with network.attached(targets):
             continued = predict(model)

@@ -143,10 +143,15 @@ def test_graph_trains_saves_and_previews_through_the_executor(server):
     assert "trained 10 step(s)" in outputs["6"]["text"][0]
 
 
-@pytest.mark.parametrize("algorithm", ["LoRA", "LoCon", "LoHa"])
+SERVER_CASES = {"LoRA": {}, "LoCon": dict(algorithm="LoCon"), "LoHa": dict(algorithm="LoHa"),
+                "LoKr": dict(algorithm="LoKr", decompose_both=True), "DyLoRA": dict(algorithm="DyLoRA", dylora_unit=2),
+                "DoRA": dict(dora=True), "both": dict(train="both")}
+
+
+@pytest.mark.parametrize("algorithm", list(SERVER_CASES))
 def test_saved_file_loads_in_loraloader_and_matches_train_output(server, algorithm):
     graph = training_graph(f"match_{algorithm}")
-    graph["4"]["inputs"].update(algorithm=algorithm, conv_rank=2, conv_alpha=1.0)
+    graph["4"]["inputs"].update(conv_rank=2, conv_alpha=1.0, **SERVER_CASES[algorithm])
     first = server.wait(server.queue(graph))
     assert first["status"]["status_str"] == "success", error_message(first)
     log_before = len(server.read_log())

@@ -44,8 +44,8 @@ def test_alpha_zero_means_rank_and_state_dict_has_alpha():
     tensors = network.kohya_state_dict(torch.float16)
     assert set(tensors) == {"lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight", "lora_unet_a.alpha"}
     assert tensors["lora_unet_a.alpha"].dim() == 0 and tensors["lora_unet_a.alpha"].dtype == torch.float16
-    with pytest.raises(ConfigError, match="choose one of LoRA, LoCon, LoHa"):
-        NetworkConfig(algorithm="LoKr").validated()
+    with pytest.raises(ConfigError, match="choose one of LoRA, LoCon, LoHa, LoKr, DyLoRA"):
+        NetworkConfig(algorithm="OFT").validated()
 
 
 def test_locon_gives_3x3_convolutions_their_own_rank_and_records_kohyas_network_args():
@@ -253,5 +253,5 @@ def test_loha_math_init_and_keys_are_lycoris():
     assert tensors["lora_unet_c.hada_w1_b"].shape == (4, 4 * 3 * 3)
     config = NetworkConfig("LoHa", rank=4, alpha=2)
     assert config.network_args() == {"algo": "loha"}
-    with pytest.raises(ConfigError, match="module dropout only"):
+    with pytest.raises(ConfigError, match="LoHa takes module_dropout here"):
         NetworkConfig("LoHa", rank_dropout=0.1).validated()

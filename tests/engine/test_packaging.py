@@ -13,7 +13,7 @@ except ModuleNotFoundError:          # Python 3.10: the same parser, as the toml
 from tests.reference_data import REPO_ROOT
 
 # import name -> distribution name, where they differ
-DISTRIBUTION_OF = {"PIL": "pillow", "tomli": "tomli", "cv2": "opencv-python-headless"}
+DISTRIBUTION_OF = {"PIL": "pillow", "tomli": "tomli", "cv2": "opencv-python-headless", "lycoris": "lycoris-lora"}
 # imported by the tests but not from the [test] extra: the pack itself, ComfyUI (a checkout), and tools of
 # slow tests that skip, saying why, where they are missing
 NOT_FROM_A_REGISTRY = {"tests", "trainer", "nodes", "comfyui_lora_trainer", "lora_trainer_test_tiny_models",

@@ -14,11 +14,34 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import NetworkConfig
+from .dora import DoRAModule
+from .dylora import DyLoRAModule
 from .loha import LoHaModule
+from .lokr import LoKrModule
 from .lora import Dropouts, LoRAModule
 
-# the module each algorithm of config.ALGORITHMS trains (LoCon is LoRA on more layers)
-MODULE_CLASSES = {"LoRA": LoRAModule, "LoCon": LoRAModule, "LoHa": LoHaModule}
+# the module each algorithm of config.ALGORITHMS trains (LoCon is LoRA on more layers; DoRA a LoRA variant)
+MODULE_CLASSES = {"LoRA": LoRAModule, "LoCon": LoRAModule, "LoHa": LoHaModule, "LoKr": LoKrModule,
+                  "DyLoRA": DyLoRAModule}
+TEXT_ENCODER_PREFIX = "lora_te"
+
+
+def module_for(layer: nn.Module, config: NetworkConfig, dropouts: Dropouts) -> nn.Module:
+    """The update module `config` puts on `layer`, with that algorithm's own settings."""
+    rank, alpha = config.rank_and_alpha_for(layer)
+    if config.dora:
+        return DoRAModule(layer, rank, alpha, dropouts)
+    if config.algorithm == "LoKr":
+        return LoKrModule(layer, rank, alpha, dropouts, factor=config.lokr_factor,
+                          decompose_both=config.decompose_both)
+    if config.algorithm == "DyLoRA":
+        return DyLoRAModule(layer, rank, alpha, dropouts, unit=config.dylora_unit)
+    return MODULE_CLASSES[config.algorithm](layer, rank, alpha, dropouts)
+
+
+def is_up_parameter(suffix: str) -> bool:
+    """LoRA+'s "B" matrices, which get lr x ratio: kohya's lora_up (DyLoRA's lora_B slices)."""
+    return suffix.startswith(("up.", "lora_B."))
 
 
 class LoRANetwork(nn.Module):
@@ -31,13 +54,30 @@ class LoRANetwork(nn.Module):
             raise ConfigError("The model has no layers LoRA can wrap (no attention / projection layers found).")
         self.config = config
         self.dropouts = Dropouts(config.network_dropout, config.rank_dropout, config.module_dropout)
-        module_class = MODULE_CLASSES[config.algorithm]
-        self.lora_modules = nn.ModuleDict(
-            {name: module_class(layer, *config.rank_and_alpha_for(layer), self.dropouts)
-             for name, layer in targets.items()})
+        self.lora_modules = nn.ModuleDict({name: module_for(layer, config, self.dropouts)
+                                           for name, layer in targets.items()})
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, unet_lr: float, text_encoder_lr: float,
+                         loraplus_ratio: float = 0.0) -> list[dict]:
+        """Optimizer groups as kohya's prepare_optimizer_params: text encoder and UNet each at their own lr,
+        LoRA+ putting the up matrices in a group of their own at lr x ratio; a group whose lr is 0 is left
+        out (that part stays as it is). Each group carries a `name` as kohya logs it."""
+        groups: dict[str, dict] = {}
+        for module_name, module in self.lora_modules.items():
+            part, lr = (("textencoder", text_encoder_lr) if module_name.startswith(TEXT_ENCODER_PREFIX)
+                        else ("unet", unet_lr))
+            for suffix, parameter in module.named_parameters():
+                if not parameter.requires_grad:
+                    continue
+                name, group_lr = part, lr
+                if loraplus_ratio and is_up_parameter(suffix):
+                    name, group_lr = f"{part} plus", lr * loraplus_ratio
+                group = groups.setdefault(name, {"name": name, "lr": group_lr, "params": []})
+                group["params"].append(parameter)
+        return [group for group in groups.values() if group["lr"] > 0]
 
     @contextmanager
     def attached(self, targets: dict[str, nn.Module]) -> Iterator["LoRANetwork"]:
@@ -55,13 +95,19 @@ class LoRANetwork(nn.Module):
         """Take the weights saved by kohya_state_dict (same modules, same rank)."""
         with torch.no_grad():
             for name, module in self.lora_modules.items():
-                for suffix, parameter in module.saved_parameters().items():
+                mine = module.saved_parameters()
+                for suffix, parameter in mine.items():
                     saved = tensors.get(f"{name}.{suffix}")
                     if saved is None or saved.shape != parameter.shape:
                         raise ConfigError(f"The saved LoRA does not fit this network at {name}.{suffix} "
                                           f"(saved {None if saved is None else tuple(saved.shape)}, "
                                           f"expected {tuple(parameter.shape)}).")
-                    parameter.copy_(saved)
+                saved = {suffix: tensors[f"{name}.{suffix}"] for suffix in mine}
+                if hasattr(module, "load_saved_parameters"):     # tensors built from several parameters
+                    module.load_saved_parameters(saved)
+                else:
+                    for suffix, parameter in mine.items():
+                        parameter.copy_(saved[suffix])
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Tensors under kohya's key names, on CPU, contiguous, in `dtype` (alpha included)."""

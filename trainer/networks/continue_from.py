@@ -40,13 +40,18 @@ def read_lora_tensors(path: str) -> dict[str, torch.Tensor]:
 def check_fits(tensors: dict[str, torch.Tensor], network, conv_names: set[str], source: str) -> None:
     """Raise ConfigError saying why `tensors` cannot continue `network`; `conv_names`: LoCon's extra modules."""
     kind, algorithm = file_kind(tensors)
-    wanted = ALGORITHMS[network.config.algorithm].file_kind
-    if kind != wanted:
+    config = network.config
+    if kind != config.file_kind:
         offered = [name for name, spec in ALGORITHMS.items() if spec.file_kind == kind]
-        advice = (f"set Configure LoRA's algorithm to {offered[0]} to continue it" if offered
-                  else f"this version does not train {algorithm} yet")
-        raise ConfigError(f"{source} is a {algorithm} file and this network is {network.config.algorithm}; "
-                          f"{advice}.")
+        if kind == "dora":
+            advice = "switch Configure LoRA's dora on (algorithm LoRA or LoCon) to continue it"
+        elif offered:
+            advice = f"set Configure LoRA's algorithm to {offered[0]}" + (" with dora off" if config.dora else "") + \
+                " to continue it"
+        else:
+            advice = f"this version does not train {algorithm} yet"
+        current = f"{config.algorithm} with DoRA" if config.dora else config.algorithm
+        raise ConfigError(f"{source} is a {algorithm} file and this network is {current}; {advice}.")
     in_file = {key.split(".", 1)[0] for key in tensors}
     ours = set(network.lora_modules)
     extra, missing = sorted(in_file - ours), sorted(ours - in_file)
@@ -56,15 +61,24 @@ def check_fits(tensors: dict[str, torch.Tensor], network, conv_names: set[str], 
     if missing and set(missing) <= conv_names:
         raise ConfigError(f"{source} is a plain LoRA file (no convolution modules such as {missing[0]}); set "
                           "Configure LoRA's algorithm to LoRA to continue it.")
+    file_parts = {"text_encoder" if name.startswith("lora_te") else "unet" for name in in_file}
+    file_train_on = "both" if len(file_parts) == 2 else next(iter(file_parts), config.train_on)
+    if (extra or missing) and file_train_on != config.train_on:
+        raise ConfigError(f"{source} has LoRA modules on the {file_train_on.replace('_', ' ')} and this network "
+                          f"trains the {config.train_on.replace('_', ' ')}; set Configure LoRA's train to "
+                          f"{file_train_on} to continue it.")
     if extra or missing:
         example = (extra or missing)[0]
         raise ConfigError(f"{source} was made for another model or part of it: {len(extra)} of its modules are not "
                           f"in this model and {len(missing)} of this model's are not in the file (e.g. {example}). "
                           "Continue it on the model family it was trained for.")
     for name, module in network.lora_modules.items():
-        ranked = tensors.get(f"{name}.{module.RANK_KEY}")
-        if ranked is None:
-            raise ConfigError(f"{source} has no {name}.{module.RANK_KEY}; it is not a kohya/LyCORIS file of this kind.")
+        rank_key = module.rank_key
+        ranked = tensors.get(f"{name}.{rank_key}") if rank_key else None
+        if rank_key and ranked is None:
+            raise ConfigError(f"{source} has no {name}.{rank_key}; it is not a kohya/LyCORIS file of this kind.")
+        if ranked is None:                 # LoKr with full factors: shapes are checked when the weights load
+            continue
         if ranked.shape[0] != module.rank:
             raise ConfigError(f"{source} has rank {ranked.shape[0]} at {name}, this network {module.rank}; set "
                               f"Configure LoRA's {'conv rank' if module.rank != network.config.rank else 'rank'} "

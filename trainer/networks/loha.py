@@ -17,7 +17,7 @@ from .lora import Dropouts
 
 
 class LoHaModule(nn.Module):
-    RANK_KEY = "hada_w1_b"            # the saved tensor whose first dimension is the rank
+    rank_key = "hada_w1_b"            # the saved tensor whose first dimension is the rank
 
     def __init__(self, layer: nn.Module, rank: int, alpha: float, dropouts: Dropouts | None = None):
         super().__init__()

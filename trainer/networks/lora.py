@@ -32,7 +32,7 @@ class Dropouts:
 class LoRAModule(nn.Module):
     """Low-rank update for one Linear or Conv2d layer."""
 
-    RANK_KEY = "lora_down.weight"     # the saved tensor whose first dimension is the rank
+    rank_key = "lora_down.weight"     # the saved tensor whose first dimension is the rank
 
     def __init__(self, layer: nn.Module, rank: int, alpha: float, dropouts: Dropouts | None = None):
         super().__init__()

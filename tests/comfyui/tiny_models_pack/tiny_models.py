@@ -79,3 +79,77 @@ def vae(seed: int = 3):
         "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
     autoencoder = randomize_(AutoencoderKL(**config["params"]), seed)
     return comfy.sd.VAE(sd=autoencoder.state_dict(), config=config, dtype=torch.float32)
+
+
+def sd2_unet_config() -> dict:
+    """The real SD2.x UNet (768-v and 512-base share it): linear projections, 64-channel heads, 1024 context."""
+    config = sd15_unet_config(context_dim=1024)
+    config.update(use_linear_in_transformer=True, num_heads=-1, num_head_channels=64)
+    return config
+
+
+def sdxl_unet_config(tiny: bool = False) -> dict:
+    """The real SDXL base UNet (what comfy.model_detection derives from its checkpoint), or a tiny one with the
+    same block structure: no attention in the first level, linear projections, the ADM size conditioning."""
+    if tiny:
+        # context: tiny CLIP-L (32) + tiny CLIP-G (32); adm: CLIP-G's pooled output (32) + 6 size embeddings x 256
+        return dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
+                    transformer_depth=[0, 2], transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=1,
+                    context_dim=64, num_heads=2, num_head_channels=-1, use_linear_in_transformer=True,
+                    use_spatial_transformer=True, legacy=False, num_classes="sequential", adm_in_channels=32 + 1536,
+                    image_size=32, use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False)
+    return dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2],
+                transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                transformer_depth_middle=10, context_dim=2048, num_heads=-1, num_head_channels=64,
+                use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False, num_classes="sequential",
+                adm_in_channels=2816, image_size=32, use_checkpoint=False, use_temporal_attention=False,
+                use_temporal_resblock=False)
+
+
+def model_on(config_class, unet_config: dict, device=None, seed: int = 1):
+    """A ModelPatcher around ComfyUI's own model for `config_class` (comfy.supported_models.*); on "meta"
+    for names and shapes only, else with deterministic random weights."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    model_config = config_class(dict(unet_config))
+    model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")})
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({}, device=device)
+    if device != "meta":
+        randomize_(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def sdxl_model(seed: int = 1):
+    import comfy.supported_models
+
+    return model_on(comfy.supported_models.SDXL, sdxl_unet_config(tiny=True), seed=seed)
+
+
+def sdxl_clip(width: int = 32, seed: int = 4):
+    """SDXL's two text encoders (CLIP-L, CLIP-G) as ComfyUI builds them, three layers each (SDXL reads the
+    penultimate one)."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    small = {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 2,
+             "num_hidden_layers": 3, "projection_dim": width}
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": small,
+                                                "clip_g_model_config": small})
+    randomize_(clip.cond_stage_model, seed)
+    return clip
+
+
+def text_encoders_on_meta(family: str):
+    """ComfyUI's full-size text-encoder module tree of a family, on the meta device (names and shapes)."""
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    from comfy.text_encoders import sd2_clip
+
+    model_class = {"sd15": comfy.sd1_clip.SD1ClipModel, "sd2": sd2_clip.SD2ClipModel,
+                   "sdxl": comfy.sdxl_clip.SDXLClipModel}[family]
+    return model_class(device="meta", dtype=torch.float32)
