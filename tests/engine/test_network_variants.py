@@ -204,3 +204,23 @@ def test_fp16_files_are_half_the_size_and_metadata_names_each_algorithm(tmp_path
     }
     for config, (module, args) in expected.items():
         assert (config.validated().network_module, config.network_args()) == (module, args), config
+
+
+@pytest.mark.parametrize("config", [NetworkConfig(), NetworkConfig("LoCon", conv_rank=2), NetworkConfig("LoHa"),
+                                    NetworkConfig("LoKr"), NetworkConfig("DyLoRA"), NetworkConfig(dora=True)],
+                         ids=["LoRA", "LoCon", "LoHa", "LoKr", "DyLoRA", "DoRA"])
+def test_wrapping_and_unwrapping_leaves_the_model_bit_identical(tiny_trainable, config):
+    unet = tiny_trainable.frozen_root
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, CONTEXT_DIM)
+    with torch.no_grad():
+        plain = unet(x, t, encoder_hidden_states=context).sample
+    targets = tiny_trainable.targets_for(config.uses_convolutions)
+    network = LoRANetwork(targets, config)
+    with network.attached(targets):
+        unet(x, t, encoder_hidden_states=context).sample.square().mean().backward()
+    assert [name for name, _ in unet.named_modules() if "lora" in name.lower()] == []     # nothing added to it
+    with torch.no_grad():
+        after = unet(x, t, encoder_hidden_states=context).sample
+    assert all(torch.equal(value, before[key]) for key, value in unet.state_dict().items())
+    assert torch.equal(after, plain)

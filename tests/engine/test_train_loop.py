@@ -259,11 +259,17 @@ def test_locon_trains_the_convolution_blocks_too(tmp_path, tiny_vae_encoder, tin
     assert float(result.tensors[f"{conv1}.alpha"]) == 1.0
 
 
-def test_a_run_with_dropouts_resumes_exactly(tmp_path, tiny_vae_encoder):
+@pytest.mark.parametrize("network", [
+    NetworkConfig(rank=4, alpha=4, network_dropout=0.1, rank_dropout=0.2, module_dropout=0.3),
+    NetworkConfig("DyLoRA", rank=4, alpha=4, dylora_unit=2),              # its rank draws are random too
+    NetworkConfig("LoKr", rank=4, alpha=4, rank_dropout=0.2, module_dropout=0.2),
+    NetworkConfig("LoHa", rank=4, alpha=4, module_dropout=0.3),
+    NetworkConfig(rank=4, alpha=4, dora=True, module_dropout=0.3),
+], ids=["LoRA dropouts", "DyLoRA", "LoKr dropouts", "LoHa dropout", "DoRA dropout"])
+def test_a_run_with_random_draws_resumes_exactly(tmp_path, tiny_vae_encoder, network):
     from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
 
     cache = small_cache(tmp_path, tiny_vae_encoder)
-    network = NetworkConfig(rank=4, alpha=4, network_dropout=0.1, rank_dropout=0.2, module_dropout=0.3)
     args = (network, OptimizerConfig(learning_rate=2e-3), TrainSettings(epochs=2, batch_size=2, seed=4))
     whole = train_lora(fresh_model(), cache, *args)
     plain = train_lora(fresh_model(), cache, NetworkConfig(rank=4, alpha=4), *args[1:])
