@@ -204,3 +204,80 @@ def test_the_committed_reference_files_have_kohyas_counts():
         ["lora_te1"] * 72 + ["lora_te2"] * 192)
     assert text_encoders[-1] == "lora_te2_text_model_encoder_layers_31_mlp_fc2"
     assert list(kohya_modules("sd2_te"))[-1] == "lora_te_text_model_encoder_layers_22_mlp_fc2"
+
+
+# kohya keys a run of ours has no value for, and why
+NOT_WRITTEN = {"ss_datasets": "kohya writes it instead of the per-folder keys for --dataset_config runs",
+               "ss_vae_name": "only with a separate --vae", "ss_vae_hash": "only with a separate --vae",
+               "ss_new_vae_hash": "only with a separate --vae"}
+
+
+def test_our_metadata_has_every_key_kohya_writes_and_kohyas_own_hashes(oracle, tmp_path, tiny_trainable,
+                                                                          tiny_vae_encoder):
+    import hashlib
+    import io
+
+    import safetensors.torch
+
+    from tests.engine.test_train_loop import small_cache
+    from trainer.loop import train_lora
+    from trainer.lora_file import new_session_id, with_save_hashes
+    from trainer.metadata import training_metadata
+    from trainer.optim import OptimizerConfig
+    from trainer.plan import TrainSettings
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    network, optimizer = NetworkConfig(rank=2, train_on="unet"), OptimizerConfig(loraplus_lr_ratio=16)
+    result = train_lora(tiny_trainable, cache, network, optimizer, TrainSettings(epochs=1))
+    metadata = training_metadata(run_name="m", session_id=new_session_id(), cache=cache, network=network,
+                                 optimizer=optimizer, settings=result.settings, plan=result.plan,
+                                 progress=result.progress, base_model_version="sd_v1", prediction_type="epsilon",
+                                 precision="fp32")
+    missing = oracle.training_metadata_keys() - set(metadata) - set(NOT_WRITTEN)
+    assert not missing, f"kohya writes these and we do not: {sorted(missing)}"
+    assert all(isinstance(value, str) for value in metadata.values())
+
+    hashes = oracle.kohya_functions("library/train_util.py", ("precalculate_safetensors_hashes",
+                                                               "addnet_hash_legacy", "addnet_hash_safetensors"),
+                                    {"hashlib": hashlib, "BytesIO": io.BytesIO, "safetensors": safetensors})
+    generator = torch.Generator().manual_seed(0)
+    big = {**result.tensors, "lora_unet_big.lora_down.weight": torch.randn(64, 8192, generator=generator)}
+    ours = with_save_hashes(big, metadata)                 # over 1 MiB, so the legacy hash sees real bytes
+    theirs = hashes["precalculate_safetensors_hashes"](big, {**metadata, "modelspec.title": "not hashed"})
+    assert (ours["sshs_model_hash"], ours["sshs_legacy_hash"]) == theirs
+
+
+@pytest.mark.parametrize("algorithm", ["LoRA", "DyLoRA"])
+def test_kohyas_loader_takes_our_unet_and_text_encoder_file_and_gives_our_outputs(oracle, algorithm, tmp_path):
+    """A file that trains both parts (DyLoRA's is a plain LoRA file too): kohya takes every key, and its UNet and
+    text encoder compute what ours do."""
+    from tests.engine.test_network_variants import TinyClipCaptions
+
+    clip = TinyClipCaptions()
+    unet = tiny_unet()
+    kohya_unet, kohya_clip = copy.deepcopy(unet), copy.deepcopy(clip.model)
+    model = diffusers_sd1_trainable(unet, FunctionCaptionEncoder(clip), text_encoder=clip.model)
+    config = NetworkConfig(algorithm=algorithm, rank=4, alpha=2, train_on="both")
+    targets = model.targets_for(False, True, True)
+    network = LoRANetwork(targets, config).eval()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    save(network, tmp_path / "both.safetensors")
+    loaded = oracle.load_and_apply(str(tmp_path / "both.safetensors"), kohya_unet, [kohya_clip])
+    assert loaded.unused_keys == [] and loaded.missing_keys == []
+    assert sorted(loaded.module_names) == sorted(network.lora_modules)
+
+    ids = torch.randint(2, 1000, (1, 77), generator=generator)
+    sample, timesteps = torch.randn(1, 4, 8, 8, generator=generator), torch.tensor([300])
+    with torch.no_grad():
+        with network.attached(targets):
+            ours_text = clip.model(ids).last_hidden_state
+            ours = unet(sample, timesteps, encoder_hidden_states=ours_text).sample
+        theirs_text = kohya_clip(ids).last_hidden_state
+        theirs = kohya_unet(sample, timesteps, encoder_hidden_states=theirs_text).sample
+        plain_text = clip.model(ids).last_hidden_state
+    assert (ours_text - plain_text).abs().max() > 1e-3
+    torch.testing.assert_close(theirs_text, ours_text, rtol=0, atol=1e-5)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)

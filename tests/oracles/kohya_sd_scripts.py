@@ -217,3 +217,27 @@ def sdxl_unet_on_meta() -> nn.Module:
     """kohya's own SDXL UNet (SAI module names), full size, on the meta device (no memory for weights)."""
     with torch.device("meta"):
         return modules().sdxl_original_unet.SdxlUNet2DConditionModel()
+
+
+def kohya_functions(relative_path: str, names: tuple[str, ...], namespace: dict) -> dict:
+    """kohya's own top-level functions `names` from one of its files, run in `namespace`, without importing the
+    file (library/train_util.py imports much that a test machine needs not have: accelerate, imagesize...)."""
+    import ast
+
+    with open(os.path.join(sd_scripts_path(), relative_path), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    missing = set(names) - {node.name for node in found}
+    if missing:
+        raise LookupError(f"{relative_path} has no {', '.join(sorted(missing))} at this sd-scripts commit")
+    namespace = dict(namespace)
+    exec(compile(ast.Module(body=found, type_ignores=[]), relative_path, "exec"), namespace)
+    return {name: namespace[name] for name in names}
+
+
+def training_metadata_keys() -> set[str]:
+    """Every ss_* key kohya's train_network.py writes (read from its source)."""
+    import re
+
+    with open(os.path.join(sd_scripts_path(), "train_network.py"), encoding="utf-8") as handle:
+        return set(re.findall(r'"(ss_[a-z0-9_]+)"', handle.read()))
