@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..trainer.conditioning import TextConditioning
 from ..trainer.errors import ModelError
 from ..trainer.families import SD1, Family
 from ..trainer.interfaces import TrainableModel
@@ -24,8 +25,9 @@ class ComfyDenoiser:
     its own x_t), the integer timesteps as floats and the text context, and returns the raw eps / v output.
     """
 
-    def __init__(self, patcher):
+    def __init__(self, patcher, family: Family = SD1):
         base = patcher.model
+        self.family = family
         self.base = base
         self.unet = base.diffusion_model
         sampling = patcher.get_model_object("model_sampling")
@@ -39,24 +41,45 @@ class ComfyDenoiser:
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return self.base.process_latent_in(raw_latents)
 
-    def __call__(self, noisy_latents, timesteps, context):
+    def __call__(self, noisy_latents, timesteps, context, pooled=None, sizes=None):
         dtype = self.compute_dtype
-        return self.unet(noisy_latents.to(dtype), timesteps.float(), context=context.to(dtype)).float()
+        extra = {}
+        if self.family.pooled_text:
+            extra["y"] = self.size_vector(pooled, sizes).to(noisy_latents.device, dtype)
+        return self.unet(noisy_latents.to(dtype), timesteps.float(), context=context.to(dtype), **extra).float()
+
+    def size_vector(self, pooled: torch.Tensor, sizes) -> torch.Tensor:
+        """SDXL's ADM input per sample, built by ComfyUI's own encode_adm from the pooled text embedding and
+        kohya's size conditioning (trainer/conditioning.py)."""
+        rows = []
+        for index, size in enumerate(sizes):
+            (height, width), (top, left), (target_h, target_w) = size.original_hw, size.crop_top_left, size.target_hw
+            rows.append(self.base.encode_adm(pooled_output=pooled[index:index + 1], width=width, height=height,
+                                             crop_w=left, crop_h=top, target_width=target_w,
+                                             target_height=target_h))
+        return torch.cat(rows, dim=0)
 
 
 class ComfyCaptionEncoder:
     """CLIP text encoding with kohya's reading of captions: parentheses are literal text, not weights."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, family: Family = SD1):
         self.clip = clip
+        self.pooled = family.pooled_text
 
-    def encode(self, caption: str) -> torch.Tensor:
+    def encode(self, caption: str):
         literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
         tokens = self.clip.tokenize(literal)
         if not torch.is_grad_enabled():
-            return self.clip.encode_from_tokens(tokens)
+            return self._encode(tokens)
         with layer_norm_inputs_copied(self.clip.cond_stage_model):     # the text encoder's LoRA is training
+            return self._encode(tokens)
+
+    def _encode(self, tokens):
+        if not self.pooled:
             return self.clip.encode_from_tokens(tokens)
+        context, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        return TextConditioning(context, pooled)
 
 
 @contextmanager
@@ -110,24 +133,23 @@ def prediction_type_of(sampling) -> str:
         return "v_prediction"
     if isinstance(sampling, comfy.model_sampling.EPS):
         return "epsilon"
-    raise ModelError(f"This MODEL samples with {type(sampling).__name__}; the trainer handles epsilon (SD1.x) "
-                     "models in this version.")
+    raise ModelError(f"This MODEL samples with {type(sampling).__name__}; the trainer handles epsilon and "
+                     "v-prediction models in this version.")
 
 
 def model_family(patcher) -> Family:
-    """The family of a MODEL this version trains; a clear error for the rest."""
+    """The family of a MODEL this version trains (SD1.x, SD2.x, SDXL); a clear error for the rest."""
     config = patcher.model.model_config
     family = family_of(config)
-    if family is not SD1:
-        raise ModelError(f"Train supports SD1.x checkpoints in this version, and this MODEL is "
-                         f"{type(config).__name__}. Load an SD1.5-based checkpoint; SD2 and SDXL support is on "
-                         "the roadmap.")
-    if config.unet_config.get("in_channels") != 4:
-        raise ModelError(f"This SD1.x MODEL takes {config.unet_config.get('in_channels')} input channels (an "
-                         "inpainting or instruct model); train on a regular SD1.5-based checkpoint.")
-    if prediction_type_of(patcher.get_model_object("model_sampling")) != "epsilon":
-        raise ModelError("This SD1.x MODEL is set to v-prediction (ModelSamplingDiscrete); this version trains "
-                         "SD1.x with epsilon prediction only. Remove the v-prediction node before Train.")
+    if family is None:
+        raise ModelError(f"Train supports SD1.x, SD2.x and SDXL checkpoints in this version, and this MODEL is "
+                         f"{type(config).__name__}. Load an SD1.5-, SD2- or SDXL-based checkpoint; flow-matching "
+                         "models (Flux, SD3.5, ...) are on the roadmap.")
+    channels = config.unet_config.get("in_channels")
+    if channels != family.latent_channels:
+        raise ModelError(f"This {family.title} MODEL takes {channels} input channels (an inpainting or instruct "
+                         f"model); train on a regular {family.title} checkpoint.")
+    prediction_type_of(patcher.get_model_object("model_sampling"))     # a clear error for other samplings
     return family
 
 
@@ -167,7 +189,8 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
         comfy.model_management.load_models_gpu(models, force_full_load=True)
 
     conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
-    return TrainableModel(ComfyDenoiser(patcher), targets, unet, family.version, ComfyCaptionEncoder(clip),
+    return TrainableModel(ComfyDenoiser(patcher, family), targets, unet, family.version,
+                          ComfyCaptionEncoder(clip, family),
                           conv_targets=conv_targets, prepare=load_unet,
                           text_encoder_targets=lambda: clip_targets(clip, family),
                           text_encoder_root=getattr(clip, "cond_stage_model", None))

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..trainer.atomic_files import write_json_atomic
 from ..trainer.errors import ConfigError
+from ..trainer.families import FAMILIES, Family
 from ..trainer.latent_cache import LatentCache
 from ..trainer.loop import (TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora,
                            training_precision)
@@ -47,12 +48,13 @@ def _run_name_taken(folder: str, name: str) -> bool:
     return any(entry.startswith(stem + "-") and entry.endswith(".safetensors") for entry in os.listdir(directory))
 
 
-def check_latents_fit(latents: LatentCache, model) -> None:
-    """SD1.x needs bucket sides divisible by 64 (3 downsamplings of 8x latents) and 4 latent channels."""
-    odd = sorted(size for size in latents.buckets if size[0] % 64 or size[1] % 64)
+def check_latents_fit(latents: LatentCache, model, family: Family) -> None:
+    """The family's bucket step (64 for SD1.x / SD2.x / SDXL: 3 downsamplings of 8x latents) and latent channels."""
+    step = family.bucket_step
+    odd = sorted(size for size in latents.buckets if size[0] % step or size[1] % step)
     if odd:
-        raise ConfigError(f"Buckets {', '.join(f'{w}x{h}' for w, h in odd)} are not multiples of 64, which SD1.x "
-                          "needs. Set bucket_reso_steps to 64 in Bucket & Cache Latents.")
+        raise ConfigError(f"Buckets {', '.join(f'{w}x{h}' for w, h in odd)} are not multiples of {step}, which "
+                          f"{family.title} needs. Set bucket_reso_steps to {step} in Bucket & Cache Latents.")
     channels = {s.latent.shape[0] for s in latents.samples}
     expected = model.model.model_config.unet_config.get("in_channels", 4)
     if channels != {expected}:
@@ -112,7 +114,7 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     """
     settings = settings.validated()
     trainable = trainable_from_comfy(model, clip)
-    check_latents_fit(latents, model)
+    check_latents_fit(latents, model, FAMILIES[trainable.base_model_version])
     plan = plan_run(latents, settings)
     clip_skip = clip_skip_of(clip)
     denoiser = trainable.denoiser

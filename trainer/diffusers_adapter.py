@@ -34,7 +34,7 @@ class DiffusersUNetDenoiser:
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return raw_latents * self.latent_scale
 
-    def __call__(self, noisy_latents, timesteps, context):
+    def __call__(self, noisy_latents, timesteps, context, pooled=None, sizes=None):
         return self.unet(noisy_latents.to(self.compute_dtype), timesteps,
                          encoder_hidden_states=context.to(self.compute_dtype)).sample
 

@@ -27,6 +27,9 @@ class Family:
     unet_paths: str              # "diffusers" (kohya's SD1.x / SD2.x names) or "ldm" (SDXL)
     text_encoders: tuple[TextEncoderNames, ...]
     v2: bool = False             # kohya's ss_v2
+    pooled_text: bool = False    # conditioned on the pooled text embedding and size conditioning too (SDXL)
+    latent_channels: int = 4
+    bucket_step: int = 64        # bucket sides must be multiples of this (the UNet downsamples 3 times)
 
     def architecture(self, prediction_type: str) -> str:
         """modelspec.architecture of a LoRA for this family (kohya's sai_model_spec names)."""
@@ -41,6 +44,7 @@ ARCHITECTURES = {"sd_v1": "stable-diffusion-v1/lora", "sdxl_base_v1-0": "stable-
 SD1 = Family("sd_v1", "SD1.x", "diffusers", (TextEncoderNames("lora_te", "clip_l", 12),))
 SD2 = Family("sd_v2", "SD2.x", "diffusers", (TextEncoderNames("lora_te", "clip_h", 23),), v2=True)
 SDXL = Family("sdxl_base_v1-0", "SDXL", "ldm",
-              (TextEncoderNames("lora_te1", "clip_l", 12), TextEncoderNames("lora_te2", "clip_g", 32)))
+              (TextEncoderNames("lora_te1", "clip_l", 12), TextEncoderNames("lora_te2", "clip_g", 32)),
+              pooled_text=True)
 
 FAMILIES = {family.version: family for family in (SD1, SD2, SDXL)}

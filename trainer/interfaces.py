@@ -22,7 +22,9 @@ class Denoiser(Protocol):
 
     `alphas_cumprod` is the 1000-step DDPM schedule (kohya: scaled_linear 0.00085..0.012);
     `__call__` takes the kohya-form noisy latents sqrt(a)*x0 + sqrt(1-a)*eps, integer timesteps and
-    the text context, and returns the raw network output (eps or v, per `prediction_type`).
+    the text context, and returns the raw network output (eps or v, per `prediction_type`). SDXL denoisers also
+    take the pooled text embedding [B, P] and each sample's SizeCondition (trainer/conditioning.py); the others
+    get None for both.
     """
 
     prediction_type: str
@@ -32,12 +34,13 @@ class Denoiser(Protocol):
 
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor: ...
 
-    def __call__(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
-                 context: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 pooled: torch.Tensor | None = None, sizes: list | None = None) -> torch.Tensor: ...
 
 
 class CaptionEncoder(Protocol):
-    """Turns one caption into text-encoder hidden states of shape [1, tokens, dim]."""
+    """Turns one caption into text-encoder hidden states of shape [1, tokens, dim], or (SDXL) a
+    trainer.conditioning.TextConditioning that also holds the pooled embedding [1, P]."""
 
     def encode(self, caption: str) -> torch.Tensor: ...
 

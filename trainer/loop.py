@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .autograd_weights import replace_inference_tensors
+from .conditioning import sdxl_size_condition
 from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
@@ -252,37 +253,42 @@ class TrainStep:
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
                                "bf16, or close other models; the LoRA up to the previous step was kept.") from None
 
-    def batch_latents(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Each sample's latent and loss mask; with flip augmentation, the mirrored pair for a fair coin per
-        sample (kohya).
+    def batch_latents(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[bool]]:
+        """Each sample's latent, loss mask and whether it is mirrored; with flip augmentation, the mirrored pair
+        for a fair coin per sample (kohya).
 
         The coins come from the step's generator only when the cache has mirrors, so runs without flip draw
         exactly the noise they drew before, and a resumed run draws the same coins.
         """
         if all(sample.latent_flipped is None for sample in batch):
-            return [sample.latent for sample in batch], [sample.alpha_mask for sample in batch]
+            return [sample.latent for sample in batch], [sample.alpha_mask for sample in batch], [False] * len(batch)
         coins = torch.rand(len(batch), generator=self.generator) < 0.5
-        latents, masks = [], []
+        latents, masks, flips = [], [], []
         for sample, flip in zip(batch, coins.tolist()):
             flip = flip and sample.latent_flipped is not None
             latents.append(sample.latent_flipped if flip else sample.latent)
             mask = sample.alpha_mask
             masks.append(mask.flip(-1) if flip and mask is not None else mask)
-        return latents, masks
+            flips.append(flip)
+        return latents, masks, flips
 
     def _run(self, batch, step: int, captions: list[str]) -> float:
         device, denoiser = self.device, self.denoiser
-        sample_latents, sample_masks = self.batch_latents(batch)
+        sample_latents, sample_masks, flips = self.batch_latents(batch)
         raw = torch.stack(sample_latents).to(device)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
                                                             denoiser.prediction_type, self.generator)
-        context = self.captions.batch(captions)
+        text = self.captions.batch(captions)
+        sizes = None
+        if text.pooled is not None:                  # SDXL: each sample's size conditioning, as kohya's
+            sizes = [sdxl_size_condition(sample.original_size, sample.bucket, flip)
+                     for sample, flip in zip(batch, flips)]
         weights = torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch], device=device)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with autocast:
-            prediction = denoiser(noisy, timesteps, context)
+            prediction = denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes)
         masks = None
         if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])

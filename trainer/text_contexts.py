@@ -14,10 +14,25 @@ from collections import OrderedDict
 
 import torch
 
+from .conditioning import TextConditioning
 from .dataset.caption_processing import process_caption, sample_random
 from .interfaces import CaptionEncoder
 
 RECENT_CONTEXTS = 256          # changing captions kept on the device (a few MB each at most)
+
+
+def as_conditioning(encoded, device: torch.device, keep_graph: bool = False) -> TextConditioning:
+    """An encoder's answer (a context, or a TextConditioning with SDXL's pooled embedding) on `device`, float32;
+    detached unless the text encoder trains."""
+    encoded = encoded if isinstance(encoded, TextConditioning) else TextConditioning(encoded)
+
+    def moved(tensor):
+        if tensor is None:
+            return None
+        tensor = tensor.to(device, torch.float32)
+        return tensor if keep_graph else tensor.detach().clone()
+
+    return TextConditioning(moved(encoded.context), moved(encoded.pooled))
 
 
 def batch_context(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -45,17 +60,16 @@ class CaptionContexts:
         # each distinct (caption, options) once, up front: the training step only looks its answer up
         self.fixed_text = {(s.caption, s.caption_options): fixed_caption(s) for s in samples}
         self.changing = any(text is None for text in self.fixed_text.values())
-        self.fixed: dict[str, torch.Tensor] = {}
-        self.recent: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.fixed: dict[str, TextConditioning] = {}
+        self.recent: OrderedDict[str, TextConditioning] = OrderedDict()
         if encoder_trains:
             return
         with torch.no_grad():
             for caption in dict.fromkeys(c for c in self.fixed_text.values() if c is not None):
                 self.fixed[caption] = self._encode(caption)
 
-    def _encode(self, caption: str) -> torch.Tensor:
-        hidden = self.encoder.encode(caption)
-        return hidden.detach().to(self.device, torch.float32).clone()
+    def _encode(self, caption: str) -> TextConditioning:
+        return as_conditioning(self.encoder.encode(caption), self.device)
 
     def caption_for(self, sample, epoch: int, draw: int) -> str:
         """What `sample` trains on as draw number `draw` of `epoch` (0-based, as the loop counts)."""
@@ -70,9 +84,9 @@ class CaptionContexts:
         """Whether the text encoder is still used once training starts."""
         return self.changing or self.encoder_trains
 
-    def context(self, caption: str) -> torch.Tensor:
+    def context(self, caption: str) -> TextConditioning:
         if self.encoder_trains:
-            return self.encoder.encode(caption).to(self.device, torch.float32)
+            return as_conditioning(self.encoder.encode(caption), self.device, keep_graph=True)
         if caption in self.fixed:
             return self.fixed[caption]
         if caption in self.recent:
@@ -85,5 +99,8 @@ class CaptionContexts:
             self.recent.popitem(last=False)
         return hidden
 
-    def batch(self, captions: list[str]) -> torch.Tensor:
-        return batch_context([self.context(caption) for caption in captions])
+    def batch(self, captions: list[str]) -> TextConditioning:
+        encoded = [self.context(caption) for caption in captions]
+        pooled = [item.pooled for item in encoded]
+        return TextConditioning(batch_context([item.context for item in encoded]),
+                                None if pooled[0] is None else torch.cat(pooled, dim=0))

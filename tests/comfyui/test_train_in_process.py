@@ -65,32 +65,121 @@ def test_epoch_saves_use_kohya_names(trained, comfy_folders):
     assert sorted(os.listdir(comfy_folders["loras"])) == ["inproc-000001.safetensors", "inproc-000002.safetensors"]
 
 
-def test_models_other_than_sd1_epsilon_are_refused_clearly(comfy, pack, tiny):
-    import comfy.model_patcher
+def test_the_family_comes_from_the_model_and_others_are_refused_clearly(comfy, pack, tiny):
     import comfy.model_sampling
     import comfy.supported_models
 
-    from comfyui_lora_trainer.nodes.comfy_model import model_family
+    from comfyui_lora_trainer.nodes.comfy_model import model_family, prediction_type_of
     from comfyui_lora_trainer.trainer.errors import ModelError
-
-    unet_config = tiny.sd15_unet_config(tiny=True)
-    unet_config.update(context_dim=64, use_linear_in_transformer=True, adm_in_channels=2816)
-    config = comfy.supported_models.SDXL(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    sdxl = comfy.model_patcher.ModelPatcher(config.get_model({}, device="meta"), "cpu", "cpu")
-    with pytest.raises(ModelError, match="SD1.x checkpoints"):
-        model_family(sdxl)
 
     sd15 = tiny.sd15_model(randomize=False)
     assert model_family(sd15).version == "sd_v1"
+    assert model_family(tiny.model_on(comfy.supported_models.SDXL, tiny.sdxl_unet_config(), "meta")).version == \
+        "sdxl_base_v1-0"
+    assert model_family(tiny.model_on(comfy.supported_models.SD20, tiny.sd2_unet_config(), "meta")).version == "sd_v2"
+
+    refiner = tiny.model_on(comfy.supported_models.SDXLRefiner, {**tiny.sdxl_unet_config(), "adm_in_channels": 2560},
+                            "meta")
+    with pytest.raises(ModelError, match="SD1.x, SD2.x and SDXL checkpoints"):
+        model_family(refiner)
+    inpainting = tiny.model_on(comfy.supported_models.SD15, {**tiny.sd15_unet_config(), "in_channels": 9}, "meta")
+    with pytest.raises(ModelError, match="9 input channels"):
+        model_family(inpainting)
 
     class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
         pass
 
     v_model = sd15.clone()                 # what the ModelSamplingDiscrete node does for v_prediction
     v_model.add_object_patch("model_sampling", VPrediction(sd15.model.model_config))
-    with pytest.raises(ModelError, match="v-prediction"):
-        model_family(v_model)
+    assert model_family(v_model).version == "sd_v1"
+    assert prediction_type_of(v_model.get_model_object("model_sampling")) == "v_prediction"
+
+
+def test_sdxl_trains_unet_and_both_text_encoders_and_loraloader_takes_every_key(comfy, pack, tiny, comfy_folders,
+                                                                               caplog):
+    import logging
+    import sys
+
+    import comfy.model_management as mm
+    import comfy.sd
+
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
+    from comfyui_lora_trainer.trainer.dataset.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.latent_cache import cache_latents
+    from comfyui_lora_trainer.trainer.lora_file import read_metadata, save_lora
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.networks.continue_from import read_lora_tensors
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    root = make_kohya_folder(os.path.join(comfy_folders["input"], "xl"), {"2_sks dog": [(64, 64), (128, 64)]},
+                             {"2_sks dog/0": "a photo of sks dog", "2_sks dog/1": "sks dog on grass"})
+    with torch.inference_mode():
+        model, clip, vae = tiny.sdxl_model(seed=21), tiny.sdxl_clip(seed=22), tiny.vae(seed=23)
+        with torch.inference_mode(False):
+            latents = cache_latents(load_dataset_folder(root, flip_aug=True), ComfyVAEEncoder(vae),
+                                    BucketSettings((64, 64), 64, 128, 64))
+        out = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4, train_on="both"),
+                           OptimizerConfig(learning_rate=1e-3, text_encoder_lr=1e-3),
+                           TrainSettings(output_name="xl", epochs=2, batch_size=2))
+    names = {key.split(".")[0] for key in out.lora.tensors}
+    assert {name.split("_")[1] for name in names} == {"te1", "te2", "unet"}
+    assert len([n for n in names if n.startswith("lora_te1_")]) == 3 * 6 and \
+        len([n for n in names if n.startswith("lora_te2_")]) == 3 * 6
+    moved = {name.split("_")[1] for name in names if out.lora.tensors[f"{name}.lora_up.weight"].abs().max() > 0}
+    assert moved == {"te1", "te2", "unet"}, "a part did not train"
+    assert out.lora.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert out.lora.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+
+    path = save_lora(out.lora, comfy_folders["loras"], "xl", precision="fp32")
+    assert read_metadata(path)["ss_text_encoder_lr"] == "0.001"
+    predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
+    with caplog.at_level(logging.WARNING):
+        patched, patched_clip = comfy.sd.load_lora_for_models(model, clip, read_lora_tensors(path), 1.0, 1.0)
+    assert "lora key not loaded" not in caplog.text, caplog.text
+    with torch.inference_mode():
+        loaded, trained, base = predict(patched), predict(out.model), predict(model)
+        tokens = clip.tokenize("a photo of sks dog")
+        text_loaded = patched_clip.encode_from_tokens(tokens)
+        text_trained = out.clip.encode_from_tokens(tokens)
+    mm.unload_all_models()
+    assert (trained - base).abs().max() > 1e-4
+    assert (trained - loaded).abs().max() <= 1e-5
+    assert (text_trained - text_loaded).abs().max() <= 1e-5
+
+
+def test_sd2_v_prediction_trains_as_v_prediction_and_says_so(comfy, pack, tiny, comfy_folders, trained):
+    import sys
+
+    import comfy.model_management as mm
+    import comfy.sd
+
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.lora_file import save_lora
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.networks.continue_from import read_lora_tensors
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    _, _, latents = trained
+    with torch.inference_mode():
+        model, clip = tiny.sd2_model(seed=31), tiny.sd2_clip(seed=32)
+        out = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4, train_on="both"),
+                           OptimizerConfig(learning_rate=1e-3), TrainSettings(output_name="v2", epochs=1))
+    metadata = out.lora.metadata
+    assert metadata["ss_base_model_version"] == "sd_v2" and metadata["ss_v2"] == "True"
+    assert metadata["modelspec.prediction_type"] == "v"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert any(name.startswith("lora_te_text_model_encoder_layers_") for name in out.lora.tensors)
+    path = save_lora(out.lora, comfy_folders["loras"], "v2", precision="fp32")
+    predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
+    patched, _ = comfy.sd.load_lora_for_models(model, clip, read_lora_tensors(path), 1.0, 1.0)
+    with torch.inference_mode():
+        loaded, trained_out, base = predict(patched), predict(out.model), predict(model)
+    mm.unload_all_models()
+    assert (trained_out - base).abs().max() > 1e-4 and (trained_out - loaded).abs().max() <= 1e-5
 
 
 def test_a_dynamic_vram_model_trains_on_its_regular_delegate(trained, comfy_folders, tiny):

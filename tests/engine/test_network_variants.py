@@ -224,3 +224,19 @@ def test_wrapping_and_unwrapping_leaves_the_model_bit_identical(tiny_trainable, 
         after = unet(x, t, encoder_hidden_states=context).sample
     assert all(torch.equal(value, before[key]) for key, value in unet.state_dict().items())
     assert torch.equal(after, plain)
+
+
+@pytest.mark.parametrize("original, bucket, flipped, expected", [
+    ((1000, 500), (768, 384), False, ((500, 1000), (0, 0), (384, 768))),       # same aspect: nothing offset
+    ((500, 1000), (512, 512), False, ((1000, 500), (0, 128), (512, 512))),     # narrower: fitted 256 wide
+    ((300, 1000), (512, 512), False, ((1000, 300), (0, 179), (512, 512))),     # 153.6 wide: (512-153.6)//2
+    ((300, 1000), (512, 512), True, ((1000, 300), (0, 179), (512, 512))),      # mirrored: 512 - 332.6
+    ((1000, 300), (512, 384), True, ((300, 1000), (115, 0), (384, 512))),      # wider: fitted 153.6 high
+])
+def test_sdxl_size_conditioning_is_kohyas(original, bucket, flipped, expected):
+    """kohya's get_crop_ltrb: the offset of the image fitted inside the bucket (Stability AI's convention), the
+    left side mirrored for a flipped sample; sizes as (h, w)."""
+    from trainer.conditioning import sdxl_size_condition
+
+    condition = sdxl_size_condition(original, bucket, flipped)
+    assert (condition.original_hw, condition.crop_top_left, condition.target_hw) == expected

@@ -37,10 +37,14 @@ class ComparePredictions:
 
         mm.load_models_gpu([patcher], force_full_load=True)
         generator = torch.Generator().manual_seed(0)
+        unet_config = patcher.model.model_config.unet_config
         x = torch.randn(1, 4, 8, 8, generator=generator)
-        context = torch.randn(1, 77, 32, generator=generator)
+        context = torch.randn(1, 77, unet_config["context_dim"], generator=generator)
         sigma = torch.tensor([2.0])
-        return patcher.model.apply_model(x, sigma, c_crossattn=context).float().clone()
+        extra = {}
+        if unet_config.get("adm_in_channels"):                 # SDXL's pooled text and size conditioning
+            extra["y"] = torch.randn(1, unet_config["adm_in_channels"], generator=generator)
+        return patcher.model.apply_model(x, sigma, c_crossattn=context, **extra).float().clone()
 
     def compare(self, model_a, model_b, reference):
         a, b, ref = self.predict(model_a), self.predict(model_b), self.predict(reference)

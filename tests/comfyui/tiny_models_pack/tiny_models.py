@@ -153,3 +153,35 @@ def text_encoders_on_meta(family: str):
     model_class = {"sd15": comfy.sd1_clip.SD1ClipModel, "sd2": sd2_clip.SD2ClipModel,
                    "sdxl": comfy.sdxl_clip.SDXLClipModel}[family]
     return model_class(device="meta", dtype=torch.float32)
+
+
+def sd2_model(seed: int = 1, v_prediction: bool = True):
+    """A tiny SD2.x UNet (linear projections) set to v-prediction as SD2-768-v is (ComfyUI's
+    ModelSamplingDiscrete v_prediction patch)."""
+    import comfy.model_sampling
+    import comfy.supported_models
+
+    unet_config = {**sd15_unet_config(context_dim=32, tiny=True), "use_linear_in_transformer": True,
+                   "num_head_channels": -1}
+    model = model_on(comfy.supported_models.SD20, unet_config, seed=seed)
+    if v_prediction:
+        class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+            pass
+
+        model.add_object_patch("model_sampling", VPrediction(model.model.model_config))
+    return model
+
+
+def sd2_clip(width: int = 32, seed: int = 5):
+    """SD2's OpenCLIP-H text encoder as ComfyUI builds it, three layers (SD2 reads the penultimate one)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    from comfy.text_encoders import sd2_clip as sd2
+
+    target = comfy.supported_models_base.ClipTarget(sd2.SD2Tokenizer, sd2.SD2ClipModel)
+    clip = comfy.sd.CLIP(target, model_options={
+        "dtype": torch.float32,
+        "clip_h_model_config": {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 2,
+                                "num_hidden_layers": 3, "projection_dim": width}})
+    randomize_(clip.cond_stage_model, seed)
+    return clip
