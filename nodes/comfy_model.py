@@ -63,13 +63,16 @@ class ComfyDenoiser:
 class ComfyCaptionEncoder:
     """CLIP text encoding with kohya's reading of captions: parentheses are literal text, not weights."""
 
-    def __init__(self, clip, family: Family = SD1):
+    def __init__(self, clip, family: Family = SD1, max_token_length: int = 75):
         self.clip = clip
         self.pooled = family.pooled_text
+        self.chunks = max_token_length // 75
 
     def encode(self, caption: str):
         literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-        tokens = self.clip.tokenize(literal)
+        # ComfyUI splits a caption into 75-token chunks; kohya's max_token_length keeps the first 1, 2 or 3
+        tokens = {encoder: chunks[:self.chunks] if isinstance(chunks, list) else chunks
+                  for encoder, chunks in self.clip.tokenize(literal).items()}
         if not torch.is_grad_enabled():
             return self._encode(tokens)
         with layer_norm_inputs_copied(self.clip.cond_stage_model):     # the text encoder's LoRA is training
@@ -173,7 +176,7 @@ def training_patcher(patcher):
                          "Checkpoint, Load Diffusion Model), or start ComfyUI with --disable-dynamic-vram.") from None
 
 
-def trainable_from_comfy(patcher, clip) -> TrainableModel:
+def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> TrainableModel:
     import comfy.model_management
 
     family = model_family(patcher)
@@ -190,10 +193,12 @@ def trainable_from_comfy(patcher, clip) -> TrainableModel:
 
     conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
     return TrainableModel(ComfyDenoiser(patcher, family), targets, unet, family.version,
-                          ComfyCaptionEncoder(clip, family),
+                          ComfyCaptionEncoder(clip, family, max_token_length),
                           conv_targets=conv_targets, prepare=load_unet,
                           text_encoder_targets=lambda: clip_targets(clip, family),
-                          text_encoder_root=getattr(clip, "cond_stage_model", None))
+                          text_encoder_root=getattr(clip, "cond_stage_model", None),
+                          checkpoint_blocks=[m for m in unet.modules()
+                                             if type(m).__name__ in ("ResBlock", "SpatialTransformer")])
 
 
 def clip_skip_of(clip) -> int | None:

@@ -21,10 +21,11 @@ from ..trainer.loss_plot import draw_loss_plot, image_to_comfy_tensor
 from ..trainer.metadata import training_metadata
 from ..trainer.networks import NetworkConfig
 from ..trainer.optim import OptimizerConfig
-from ..trainer.plan import PRECISIONS, TrainSettings, plan_run
+from ..trainer.plan import MAX_TOKEN_LENGTHS, PRECISIONS, TrainSettings, plan_run
 from ..trainer.resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name
 from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
+from .objective_inputs import objective_inputs, objective_settings
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
 
 
@@ -113,7 +114,7 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
     """
     settings = settings.validated()
-    trainable = trainable_from_comfy(model, clip)
+    trainable = trainable_from_comfy(model, clip, settings.max_token_length)
     check_latents_fit(latents, model, FAMILIES[trainable.base_model_version])
     plan = plan_run(latents, settings)
     clip_skip = clip_skip_of(clip)
@@ -133,9 +134,10 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     recorder = RunRecorder(run_name, metadata_for)
     plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
                            latents.describe(), network.describe(),
-                           optimizer.describe(plan.total_steps), plan.describe(),
+                           optimizer.describe(plan.total_steps), plan.describe(), settings.objective.describe(),
                            f"batch {settings.batch_size}, seed {settings.seed}, "
-                           f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
+                           + ("gradient checkpointing, " if settings.gradient_checkpointing else "")
+                           + f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = ProgressReporter(node_id, plan.total_steps)
 
@@ -143,9 +145,9 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
         loss, lr = progress.losses[-1], progress.learning_rates[-1]
         reporter.update(progress.step, f"step {progress.step}/{total}  loss {loss:.4f}  lr {lr:.3g}",
                         {"step": progress.step, "total": total, "loss": loss, "lr": lr})
-        if progress.step % plan.batches_per_epoch == 0 or progress.step == total:
-            epoch = -(-progress.step // plan.batches_per_epoch)
-            recent = progress.losses[-plan.batches_per_epoch:]
+        if progress.step % plan.steps_per_epoch == 0 or progress.step == total:
+            epoch = -(-progress.step // plan.steps_per_epoch)
+            recent = progress.losses[-plan.steps_per_epoch:]
             logging.info("lora-trainer %s: epoch %d/%d, step %d/%d, mean loss %.4f", run_name, epoch, plan.epochs,
                          progress.step, total, sum(recent) / len(recent))
 
@@ -219,6 +221,22 @@ class LoRATrain(io.ComfyNode):
                                         "(same settings); it keeps its name. Empty = a new run."),
                 io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
                                tooltip="Loss weight of regularization images (kohya's prior_loss_weight)."),
+                io.Int.Input("gradient_accumulation_steps", default=1, min=1, max=1024, optional=True,
+                             tooltip="Batches whose gradients add up to one optimizer step (kohya's); steps per "
+                                     "epoch = ceil(batches / this)."),
+                io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                                 tooltip="Recompute the UNet's blocks in the backward pass: much less memory, "
+                                         "about a third slower (kohya's gradient_checkpointing)."),
+                io.Combo.Input("max_token_length", options=[str(n) for n in MAX_TOKEN_LENGTHS], default="75",
+                               optional=True,
+                               tooltip="Captions are cut to this many tokens (kohya's max_token_length, default "
+                                       "75); 150 / 225 keep longer captions as ComfyUI encodes them, in 75-token "
+                                       "chunks."),
+                io.Float.Input("scale_weight_norms", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="Max-norm regularization (kohya's scale_weight_norms, LoRA / LoCon): a "
+                                       "module's update norm is kept at or below this after each step; 0 = off, "
+                                       "1 is the usual value."),
+                *objective_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -232,10 +250,17 @@ class LoRATrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
-                train_seed, precision, save_every_n_epochs, resume_from="", prior_loss_weight=1.0) -> io.NodeOutput:
+                train_seed, precision, save_every_n_epochs, resume_from="", prior_loss_weight=1.0,
+                gradient_accumulation_steps=1, gradient_checkpointing=False, max_token_length="75",
+                scale_weight_norms=0.0, **loss_and_noise) -> io.NodeOutput:
+        objective = objective_settings(loss_and_noise)
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                  seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs,
-                                 prior_loss_weight=prior_loss_weight)
+                                 prior_loss_weight=prior_loss_weight,
+                                 gradient_accumulation_steps=gradient_accumulation_steps,
+                                 gradient_checkpointing=gradient_checkpointing,
+                                 max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
+                                 objective=objective)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "")
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,

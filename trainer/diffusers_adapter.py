@@ -71,4 +71,6 @@ def diffusers_sd1_trainable(unet: nn.Module, caption_encoder, prediction_type: s
     text_targets = (None if text_encoder is None else
                     lambda: text_encoder_targets(text_encoder, te_names.prefix, te_names.kohya_layers))
     return TrainableModel(DiffusersUNetDenoiser(unet, prediction_type), targets, unet, SD1.version, caption_encoder,
-                          conv_targets=conv_targets, text_encoder_targets=text_targets, text_encoder_root=text_encoder)
+                          conv_targets=conv_targets, text_encoder_targets=text_targets, text_encoder_root=text_encoder,
+                          checkpoint_blocks=[m for m in unet.modules()
+                                             if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")])

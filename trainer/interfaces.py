@@ -78,6 +78,8 @@ class TrainableModel:
     # for networks that train the text encoder; built on first use
     text_encoder_targets: Callable[[], dict[str, nn.Module]] | None = None
     text_encoder_root: nn.Module | None = None
+    # the blocks gradient checkpointing recomputes (ResNet and transformer blocks); empty where not offered
+    checkpoint_blocks: list[nn.Module] = field(default_factory=list)
 
     def targets_for(self, wraps_convolutions: bool, train_unet: bool = True,
                     train_text_encoder: bool = False) -> dict[str, nn.Module]:

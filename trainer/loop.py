@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from .autograd_weights import replace_inference_tensors
+from .checkpointing import checkpointed
 from .conditioning import sdxl_size_condition
 from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .networks import LoRANetwork, NetworkConfig
 from .networks.continue_from import continue_from_file
-from .objective import noisy_latents_and_target, per_sample_mse
+from .objective import build_objective
+from .objective_settings import ObjectiveSettings
 from .optim import OptimizerConfig, build_optimizer
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
 from .resume import TrainState, check_resumable, run_fingerprint
@@ -127,6 +129,11 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     callbacks = callbacks or TrainCallbacks()
     settings = settings.validated()
     optimizer_config = optimizer_config.validated()
+    network_config = network_config.validated()
+    if settings.scale_weight_norms and (network_config.algorithm not in ("LoRA", "LoCon") or network_config.dora):
+        raise ConfigError("scale_weight_norms (kohya's max-norm regularization) is defined for LoRA and LoCon "
+                          f"modules; set it to 0 for {network_config.algorithm}"
+                          + (" with DoRA." if network_config.dora else "."))
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
 
@@ -155,7 +162,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     logged_group = next((i for i, g in enumerate(groups) if g["name"] == "unet"), 0)   # the lr the chart shows
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
-                        settings.prior_loss_weight)
+                        settings.prior_loss_weight, settings.objective)
     network.dropouts.generator = stepper.generator      # dropout coins follow the step's saved random stream
     progress = TrainProgress()
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
@@ -166,7 +173,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         scheduler.load_state_dict(resume.scheduler)
         stepper.scaler.load_state_dict(resume.scaler)
         stepper.generator.set_state(resume.generator)
-        progress.step, progress.epoch = resume.step, resume.step // plan.batches_per_epoch
+        progress.step, progress.epoch = resume.step, resume.step // plan.steps_per_epoch
         progress.losses, progress.learning_rates = list(resume.losses), list(resume.learning_rates)
     rng_state = stepper.generator.get_state()         # matches progress.step: taken after each completed step
 
@@ -180,26 +187,42 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         frozen_roots.append(model.text_encoder_root)     # gradients flow through it to its LoRA modules
     for root in frozen_roots:
         replace_inference_tensors(root)
-    first_epoch, done_in_epoch = divmod(progress.step, plan.batches_per_epoch)
-    with ExitStack() as frozen_models, network.attached(targets):
+    first_epoch, done_in_epoch = divmod(progress.step, plan.steps_per_epoch)
+    accumulation = plan.accumulation
+    with ExitStack() as run_context, network.attached(targets):
         for root in frozen_roots:
-            frozen_models.enter_context(frozen(root))
+            run_context.enter_context(frozen(root))
+        if settings.gradient_checkpointing:
+            if not model.checkpoint_blocks:
+                raise ConfigError("This model offers no blocks to checkpoint; switch gradient_checkpointing off.")
+            run_context.enter_context(checkpointed(model.checkpoint_blocks, stepper.generator))
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
                 draws = list(itertools.accumulate((len(b) for b in batches), initial=0))   # first draw of each
                 start = done_in_epoch if epoch == first_epoch else 0
-                for batch_index in range(start, len(batches)):
+                for step_in_epoch in range(start, plan.steps_per_epoch):
                     if progress.step >= plan.total_steps:
                         break
                     if callbacks.check_cancel:
                         callbacks.check_cancel()
-                    batch = batches[batch_index]
-                    batch_captions = [captions.caption_for(sample, epoch, draws[batch_index] + position)
-                                      for position, sample in enumerate(batch)]
-                    loss = stepper(batch, progress.step + 1, batch_captions)
+                    # kohya / accelerate: each batch's loss divided by the accumulation steps, one optimizer
+                    # step per group (an epoch's last group may be shorter)
+                    group = range(step_in_epoch * accumulation, min((step_in_epoch + 1) * accumulation,
+                                                                    len(batches)))
+                    losses = []
+                    for batch_index in group:
+                        batch = batches[batch_index]
+                        batch_captions = [captions.caption_for(sample, epoch, draws[batch_index] + position)
+                                          for position, sample in enumerate(batch)]
+                        losses.append(stepper.accumulate(batch, progress.step + 1, batch_captions, accumulation))
+                    loss = sum(losses) / len(losses)
+                    skipped = stepper.apply(progress.step + 1)
+                    if settings.scale_weight_norms:
+                        network.apply_max_norm(settings.scale_weight_norms)
                     progress.learning_rates.append(scheduler.get_last_lr()[logged_group])
-                    scheduler.step()
+                    if not skipped:           # accelerate: the schedule does not advance on a skipped fp16 step
+                        scheduler.step()
                     progress.step += 1
                     progress.losses.append(loss)
                     rng_state = stepper.generator.get_state()
@@ -234,8 +257,10 @@ class TrainStep:
 
     def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
                  optimizer_config: OptimizerConfig, captions: CaptionContexts, precision: str, seed: int,
-                 prior_loss_weight: float = 1.0):
+                 prior_loss_weight: float = 1.0, objective: ObjectiveSettings = ObjectiveSettings()):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
+        self.objective = build_objective(objective, denoiser.alphas_cumprod, denoiser.prediction_type,
+                                         denoiser.device)
         self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
         self.captions = captions
         self.precision = precision
@@ -247,11 +272,20 @@ class TrainStep:
         self.parameters = network.trainable_parameters()
 
     def __call__(self, batch, step: int, captions: list[str]) -> float:
+        """One batch, one optimizer step."""
+        loss = self.accumulate(batch, step, captions)
+        self.apply(step)
+        return loss
+
+    def accumulate(self, batch, step: int, captions: list[str], divisor: int = 1) -> float:
+        """Forward and backward of one batch, its loss divided by `divisor` (gradients add up); the loss."""
         try:
-            return self._run(batch, step, captions)
+            return self._run(batch, step, captions, divisor)
         except OUT_OF_MEMORY:
+            self.optimizer.zero_grad(set_to_none=True)
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
-                               "bf16, or close other models; the LoRA up to the previous step was kept.") from None
+                               "bf16, switch gradient_checkpointing on, or close other models; the LoRA up to the "
+                               "previous step was kept.") from None
 
     def batch_latents(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[bool]]:
         """Each sample's latent, loss mask and whether it is mirrored; with flip augmentation, the mirrored pair
@@ -272,13 +306,12 @@ class TrainStep:
             flips.append(flip)
         return latents, masks, flips
 
-    def _run(self, batch, step: int, captions: list[str]) -> float:
+    def _run(self, batch, step: int, captions: list[str], divisor: int = 1) -> float:
         device, denoiser = self.device, self.denoiser
         sample_latents, sample_masks, flips = self.batch_latents(batch)
         raw = torch.stack(sample_latents).to(device)
         latents = denoiser.scale_latents(raw)
-        noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod,
-                                                            denoiser.prediction_type, self.generator)
+        noisy, timesteps, target = self.objective.noisy_latents_and_target(latents, self.generator)
         text = self.captions.batch(captions)
         sizes = None
         if text.pooled is not None:                  # SDXL: each sample's size conditioning, as kohya's
@@ -293,16 +326,26 @@ class TrainStep:
         if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])
             masks = masks.to(device)[:, None]
-        loss = (per_sample_mse(prediction, target, masks) * weights).mean()
+        per_sample = self.objective.per_sample_loss(prediction, target, timesteps, masks) * weights
+        loss = self.objective.post_process_loss(per_sample, timesteps).mean()
         if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
             raise TrainerError(f"The loss became {loss.item()} at step {step}. Lower the learning rate; the LoRA "
                                "up to the previous step was kept.")
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss / divisor).backward()
+        return loss.item()
+
+    def apply(self, step: int) -> bool:
+        """Clip and take the optimizer step on the gradients gathered since the last one; True when fp16 loss
+        scaling skipped it (the gradients overflowed)."""
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        skipped = False
         if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)          # skips the step when fp16 gradients overflowed
             self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
         elif not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainerError(f"The gradients became {norm.item()} at step {step}. Lower the learning rate; the "
@@ -310,4 +353,4 @@ class TrainStep:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return skipped

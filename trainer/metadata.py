@@ -42,8 +42,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_num_reg_images": cache.num_reg_images,
         "ss_num_batches_per_epoch": plan.batches_per_epoch,
         "ss_num_epochs": plan.epochs,
-        "ss_gradient_checkpointing": False,
-        "ss_gradient_accumulation_steps": 1,
+        "ss_gradient_checkpointing": settings.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": settings.gradient_accumulation_steps,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": optimizer.warmup_steps(plan.total_steps),
         "ss_lr_scheduler": optimizer.effective_scheduler(),
@@ -56,7 +56,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_v2": FAMILIES[base_model_version].v2,
         "ss_base_model_version": base_model_version,
         "ss_clip_skip": clip_skip,
-        "ss_max_token_length": None,
+        "ss_max_token_length": None if settings.max_token_length == 75 else settings.max_token_length,
         "ss_cache_latents": True,
         "ss_seed": settings.seed,
         "ss_lowram": False,
@@ -79,7 +79,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": settings.prior_loss_weight,
         "ss_min_snr_gamma": None,
-        "ss_scale_weight_norms": None,
+        "ss_scale_weight_norms": settings.scale_weight_norms or None,
         "ss_ip_noise_gamma": None,
         "ss_debiased_estimation": False,
         "ss_noise_offset_random_strength": False,
@@ -97,7 +97,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_validate_every_n_steps": None,
         "ss_resize_interpolation": None if cache.interpolation == "auto" else cache.interpolation,
         "ss_batch_size_per_device": settings.batch_size,
-        "ss_total_batch_size": settings.batch_size,
+        "ss_total_batch_size": settings.batch_size * settings.gradient_accumulation_steps,
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
         "ss_color_aug": False,
         "ss_flip_aug": cache.flip_aug,
@@ -115,8 +115,10 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_steps": progress.step,
         "ss_epoch": progress.epoch,
     }
+    values.update(settings.objective.metadata())          # loss type, min-SNR, noise offset... as kohya records
     metadata = {key: str(value) for key, value in values.items()}
     metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))
+    metadata.update(settings.objective.modelspec())
     if clip_skip:
         metadata["modelspec.encoder_layer"] = str(clip_skip)
     network_args = network.network_args()

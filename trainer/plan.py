@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .latent_cache import CachedSample, LatentCache, batches_per_epoch
+from .objective_settings import ObjectiveSettings
 
 # auto: bf16 where the device has it natively, else fp16 with loss scaling on CUDA, else fp32 (see
 # loop.training_precision). fp16 and bf16 are autocast with fp32 LoRA weights.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_TOKEN_LENGTHS = (75, 150, 225)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class TrainSettings:
     precision: str = "auto"          # one of PRECISIONS; what it becomes on the device: loop.training_precision
     save_every_n_epochs: int = 0     # 0: only the final LoRA
     prior_loss_weight: float = 1.0   # kohya's --prior_loss_weight: the loss weight of regularization images
+    gradient_accumulation_steps: int = 1   # batches whose gradients add up to one optimizer step (kohya's)
+    gradient_checkpointing: bool = False   # recompute the model's blocks in the backward pass (less memory)
+    max_token_length: int = 75       # kohya's: captions are cut to 75, 150 or 225 tokens (its default 75)
+    scale_weight_norms: float = 0.0  # kohya's max-norm regularization of each module's update; 0 = off
+    objective: ObjectiveSettings = ObjectiveSettings()   # loss type, min-SNR, noise offset, timesteps...
 
     def validated(self) -> "TrainSettings":
         if self.epochs < 1:
@@ -39,31 +46,53 @@ class TrainSettings:
             raise ConfigError("save_every_n_epochs must be 0 (off) or more.")
         if not self.prior_loss_weight >= 0:
             raise ConfigError(f"prior_loss_weight is {self.prior_loss_weight}; it must be 0 or more (kohya: 1.0).")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"gradient_accumulation_steps is {self.gradient_accumulation_steps}; it must be 1 or "
+                              "more (1 = a step per batch).")
+        if not self.scale_weight_norms >= 0:
+            raise ConfigError(f"scale_weight_norms is {self.scale_weight_norms}; use 0 (off) or a positive norm "
+                              "(kohya suggests 1).")
+        self.objective.validated()
+        if self.max_token_length not in MAX_TOKEN_LENGTHS:
+            raise ConfigError(f"max_token_length is {self.max_token_length}; kohya offers "
+                              f"{', '.join(map(str, MAX_TOKEN_LENGTHS))}.")
         return self
 
 
 @dataclass(frozen=True)
 class TrainPlan:
-    batches_per_epoch: int
+    batches_per_epoch: int           # kohya's len(train_dataloader): batches, not optimizer steps
     epochs: int
-    total_steps: int
+    total_steps: int                 # optimizer steps
+    accumulation: int = 1            # batches per optimizer step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """kohya: ceil(batches per epoch / gradient accumulation steps); an epoch's last step may take fewer."""
+        return -(-self.batches_per_epoch // self.accumulation)
 
     def describe(self) -> str:
-        return (f"{self.batches_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = "
-                f"{self.total_steps} step(s)")
+        if self.accumulation == 1:
+            return (f"{self.batches_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = "
+                    f"{self.total_steps} step(s)")
+        return (f"{self.batches_per_epoch} batch(es) per epoch, {self.accumulation} per step: "
+                f"{self.steps_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = {self.total_steps} step(s)")
 
 
 def plan_run(cache: LatentCache, settings: TrainSettings) -> TrainPlan:
-    """kohya: steps per epoch = sum over buckets of ceil(images x repeats / batch); a step limit caps the run."""
+    """kohya: batches per epoch = sum over buckets of ceil(images x repeats / batch); steps per epoch =
+    ceil(batches / gradient accumulation steps); a step limit caps the run."""
     per_epoch = batches_per_epoch(cache, settings.batch_size)
     if per_epoch == 0:
         raise ConfigError("The latent cache holds no images; check the dataset node.")
-    total = settings.epochs * per_epoch
+    accumulation = settings.gradient_accumulation_steps
+    steps_per_epoch = -(-per_epoch // accumulation)
+    total = settings.epochs * steps_per_epoch
     epochs = settings.epochs
     if settings.max_steps:
         total = min(total, settings.max_steps)
-        epochs = -(-total // per_epoch)
-    return TrainPlan(per_epoch, epochs, total)
+        epochs = -(-total // steps_per_epoch)
+    return TrainPlan(per_epoch, epochs, total, accumulation)
 
 
 def epoch_batches(cache: LatentCache, batch_size: int, seed: int, epoch: int) -> list[list[CachedSample]]:

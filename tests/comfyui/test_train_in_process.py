@@ -299,3 +299,47 @@ def test_the_base_checkpoint_is_found_through_the_prompt_graph(pack):
     }
     assert base_model_file(prompt, "4") == "checkpoints/sd15/v1-5.safetensors"
     assert base_model_file(prompt, "5") is None and base_model_file(None, "4") is None
+
+
+def test_long_captions_are_cut_to_kohyas_max_token_length(comfy, pack, tiny):
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyCaptionEncoder
+
+    clip = tiny.sd1_clip()
+    caption = " ".join(f"word{i}" for i in range(200))        # well over 150 tokens
+    lengths = {}
+    with torch.inference_mode():
+        for max_tokens in (75, 150, 225):
+            lengths[max_tokens] = ComfyCaptionEncoder(clip, max_token_length=max_tokens).encode(caption).shape[1]
+    assert lengths == {75: 77, 150: 154, 225: 231}            # ComfyUI's 77-token chunks, as many as allowed
+
+
+def test_gradient_checkpointing_on_comfyuis_unet_trains_the_same_lora(trained, comfy_folders):
+    model, clip, latents = trained
+    plain = run(model, clip, latents, output_name="plain", epochs=1)
+    checkpointed = run(model, clip, latents, output_name="checkpointed", epochs=1, gradient_checkpointing=True)
+    assert checkpointed.result.progress.losses == plain.result.progress.losses
+    for key, value in plain.lora.tensors.items():
+        torch.testing.assert_close(checkpointed.lora.tensors[key], value, atol=1e-6, rtol=1e-5)
+    assert checkpointed.lora.metadata["ss_gradient_checkpointing"] == "True"
+    unet = model.model.diffusion_model
+    assert all("forward" not in vars(module) for module in unet.modules()), "a block kept its wrapper"
+
+
+def test_loss_and_noise_options_reach_the_step_and_the_file(trained, comfy_folders):
+    """kohya's options change the run (min-SNR on a v-prediction-independent epsilon model, noise offset,
+    huber) and are recorded as kohya records them; zero terminal SNR on an epsilon model is refused by name."""
+    from comfyui_lora_trainer.trainer.errors import ConfigError
+    from comfyui_lora_trainer.trainer.objective_settings import ObjectiveSettings
+
+    model, clip, latents = trained
+    plain = run(model, clip, latents, output_name="plain", epochs=1)
+    options = ObjectiveSettings(loss_type="huber", min_snr_gamma=5.0, noise_offset=0.1, min_timestep=100)
+    tuned = run(model, clip, latents, output_name="tuned", epochs=1, objective=options)
+    assert tuned.result.progress.losses != plain.result.progress.losses
+    metadata = tuned.lora.metadata
+    assert (metadata["ss_loss_type"], metadata["ss_min_snr_gamma"], metadata["ss_noise_offset"]) == \
+        ("huber", "5.0", "0.1")
+    assert metadata["modelspec.timestep_range"] == "100,1000" and "min-SNR gamma 5" in tuned.summary
+    assert plain.lora.metadata["ss_min_snr_gamma"] == "None" and plain.lora.metadata["ss_loss_type"] == "l2"
+    with pytest.raises(ConfigError, match="zero_terminal_snr"):
+        run(model, clip, latents, output_name="zsnr", epochs=1, objective=ObjectiveSettings(zero_terminal_snr=True))

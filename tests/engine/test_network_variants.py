@@ -240,3 +240,33 @@ def test_sdxl_size_conditioning_is_kohyas(original, bucket, flipped, expected):
 
     condition = sdxl_size_condition(original, bucket, flipped)
     assert (condition.original_hw, condition.crop_top_left, condition.target_hw) == expected
+
+
+def test_max_norm_regularization_is_kohyas_scale_weight_norms():
+    """kohya's apply_max_norm_regularization: norm of up @ down * alpha / rank, clamped below at c / 2; above c,
+    up and down are each scaled by sqrt(c / norm)."""
+    torch.manual_seed(0)
+    targets = {"lora_unet_a": nn.Linear(16, 16), "lora_unet_b": nn.Conv2d(4, 8, 3), "lora_unet_c": nn.Conv2d(4, 8, 1)}
+    network = LoRANetwork(targets, NetworkConfig("LoCon", rank=4, alpha=2, conv_rank=2))
+    with torch.no_grad():
+        network.lora_modules["lora_unet_a"].up.weight.normal_(std=2.0)      # far above the limit
+        network.lora_modules["lora_unet_b"].up.weight.normal_(std=1e-3)     # far below: untouched
+        network.lora_modules["lora_unet_c"].up.weight.normal_(std=0.5)
+    before = {name: (m.up.weight.clone(), m.down.weight.clone(), m.delta_weight().norm())
+              for name, m in network.lora_modules.items()}
+    scaled, mean_norm, max_norm = network.apply_max_norm(1.0)
+    norms = []
+    for name, module in network.lora_modules.items():
+        up, down, norm = before[name]
+        ratio = min(max(float(norm), 0.5), 1.0) / max(float(norm), 0.5)
+        torch.testing.assert_close(module.up.weight, up * ratio ** 0.5)
+        torch.testing.assert_close(module.down.weight, down * ratio ** 0.5)
+        norms.append(float(norm) * ratio)
+    assert scaled == sum(float(before[n][2]) > 1.0 for n in before) >= 1
+    assert max_norm == pytest.approx(max(norms)) and max_norm <= 1.0 + 1e-6
+    assert mean_norm == pytest.approx(sum(norms) / 3)
+    with pytest.raises(ConfigError, match="scale_weight_norms"):
+        from trainer.loop import train_lora
+        from trainer.plan import TrainSettings as Settings
+
+        train_lora(None, None, NetworkConfig("LoHa"), OptimizerConfig(), Settings(scale_weight_norms=1.0))

@@ -289,3 +289,106 @@ def test_a_run_with_random_draws_resumes_exactly(tmp_path, tiny_vae_encoder, net
     resumed = train_lora(fresh_model(), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
     assert resumed.progress.losses == whole.progress.losses
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+
+def test_gradient_accumulation_follows_kohyas_step_arithmetic_and_averages_gradients(tmp_path, tiny_vae_encoder):
+    from trainer.loop import TrainStep
+    from trainer.networks import LoRANetwork
+    from trainer.plan import plan_run
+    from trainer.text_contexts import CaptionContexts
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)        # 3 batches per epoch at batch 2
+    plan = plan_run(cache, TrainSettings(epochs=3, batch_size=2, gradient_accumulation_steps=2))
+    assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (3, 2, 6)   # ceil(3 / 2) = 2
+    result = train_lora(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3),
+                        TrainSettings(epochs=3, batch_size=2, gradient_accumulation_steps=2))
+    assert result.progress.step == 6 and len(result.progress.losses) == 6
+
+    # two batches at divisor 2 give the mean of their gradients, the same draws as two separate batches
+    def stepper_and_network():
+        model = fresh_model()
+        targets = model.targets_for(False)
+        torch.manual_seed(0)
+        network = LoRANetwork(targets, NetworkConfig(rank=2))
+        for module in network.lora_modules.values():
+            torch.nn.init.normal_(module.up.weight, std=0.1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+        captions = CaptionContexts(model.caption_encoder, cache.samples, torch.device("cpu"), 0)
+        return TrainStep(model.denoiser, network, optimizer, OptimizerConfig(), captions, "fp32", seed=5), network, \
+            targets
+
+    batches = [[sample] for sample in cache.samples[:2]]
+    stepper, network, targets = stepper_and_network()
+    separate = []
+    with network.attached(targets):
+        for batch in batches:
+            stepper.accumulate(batch, 1, [batch[0].caption])
+            separate.append([p.grad.clone() for p in network.parameters()])
+            stepper.optimizer.zero_grad()
+    stepper, network, targets = stepper_and_network()
+    with network.attached(targets):
+        for batch in batches:
+            stepper.accumulate(batch, 1, [batch[0].caption], divisor=2)
+    for grad, first, second in zip((p.grad for p in network.parameters()), *separate):
+        torch.testing.assert_close(grad, (first + second) / 2, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("network", [NetworkConfig(rank=2, network_dropout=0.2, rank_dropout=0.2),
+                                     NetworkConfig("DyLoRA", rank=4, dylora_unit=2)], ids=["dropouts", "DyLoRA"])
+def test_gradient_checkpointing_trains_the_same_lora(tmp_path, tiny_vae_encoder, network):
+    """The recomputed blocks draw the same dropout coins and DyLoRA ranks as their forward did."""
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    args = (network, OptimizerConfig(learning_rate=1e-3))
+    plain = train_lora(fresh_model(), cache, *args, TrainSettings(epochs=1, batch_size=2, seed=3))
+    model = fresh_model()
+    checkpointed = train_lora(model, cache, *args, TrainSettings(epochs=1, batch_size=2, seed=3,
+                                                                 gradient_checkpointing=True))
+    assert checkpointed.progress.losses == plain.progress.losses
+    for key, value in plain.tensors.items():
+        torch.testing.assert_close(checkpointed.tensors[key], value, atol=1e-6, rtol=1e-5)
+    assert all("forward" not in vars(block) for block in model.checkpoint_blocks), "a block kept its wrapper"
+
+
+def test_a_step_fp16_loss_scaling_skips_does_not_advance_the_schedule(tmp_path, tiny_vae_encoder, monkeypatch):
+    """accelerate's rule: the LR schedule steps only when the optimizer did."""
+    from tests.engine.conftest import HashedWordEncoder, tiny_unet
+    from trainer import loop
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+
+    scaler_class = torch.amp.GradScaler
+    monkeypatch.setattr(loop.torch.amp, "GradScaler",
+                        lambda device, enabled: scaler_class(device, init_scale=2.0 ** 127, enabled=enabled))
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    model = diffusers_sd1_trainable(tiny_unet().half(), FunctionCaptionEncoder(HashedWordEncoder()))
+    result = train_lora(model, cache, NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0),
+                        TrainSettings(epochs=2, precision="fp16"))
+    assert result.progress.step == 12
+    assert result.progress.learning_rates == [1e-3] * 12         # every step overflowed: cosine never moved
+    assert all(float(v.abs().max()) == 0 for k, v in result.tensors.items() if k.endswith("lora_up.weight"))
+
+
+def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path, tiny_vae_encoder):
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    args = (NetworkConfig(rank=2, network_dropout=0.1), OptimizerConfig(learning_rate=2e-3),
+            TrainSettings(epochs=3, batch_size=1, seed=4, gradient_accumulation_steps=4))   # 6 batches: 2 steps
+    whole = train_lora(fresh_model(), cache, *args)
+    assert whole.progress.step == 6
+    calls = {"n": 0}
+
+    def cancel_at_step_4():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Cancelled()
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(fresh_model(), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_4, on_abort=keep))
+    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    assert state.step == 3                                    # mid-epoch, after a full accumulation group
+    resumed = train_lora(fresh_model(), cache, *args, resume=state)
+    assert resumed.progress.losses == whole.progress.losses
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

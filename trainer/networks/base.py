@@ -91,6 +91,22 @@ class LoRANetwork(nn.Module):
             for handle in handles:
                 handle.remove()
 
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """kohya's scale_weight_norms, after an optimizer step: a module whose update up @ down * scale has a norm
+        above `max_norm` gets up and down each scaled by sqrt(max_norm / norm) (norms below max_norm / 2 count as
+        max_norm / 2, as kohya clamps them). Returns (modules scaled, mean and max norm after scaling)."""
+        scaled, norms = 0, []
+        for module in self.lora_modules.values():
+            norm = LoRAModule.delta_weight(module).norm()
+            ratio = float(norm.clamp(min=max_norm / 2).clamp(max=max_norm) / norm.clamp(min=max_norm / 2))
+            if ratio != 1.0:
+                scaled += 1
+                module.up.weight.mul_(ratio ** 0.5)
+                module.down.weight.mul_(ratio ** 0.5)
+            norms.append(float(norm) * ratio)
+        return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
+
     def load_kohya_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Take the weights saved by kohya_state_dict (same modules, same rank)."""
         with torch.no_grad():
