@@ -252,7 +252,7 @@ def test_max_norm_regularization_is_kohyas_scale_weight_norms():
         network.lora_modules["lora_unet_a"].up.weight.normal_(std=2.0)      # far above the limit
         network.lora_modules["lora_unet_b"].up.weight.normal_(std=1e-3)     # far below: untouched
         network.lora_modules["lora_unet_c"].up.weight.normal_(std=0.5)
-    before = {name: (m.up.weight.clone(), m.down.weight.clone(), m.delta_weight().norm())
+    before = {name: (m.up.weight.clone(), m.down.weight.clone(), m.delta_weight().detach().norm())
               for name, m in network.lora_modules.items()}
     scaled, mean_norm, max_norm = network.apply_max_norm(1.0)
     norms = []

@@ -13,30 +13,22 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .config import NetworkConfig
+from .config import ALGORITHMS, NetworkConfig
 from .dora import DoRAModule
-from .dylora import DyLoRAModule
-from .loha import LoHaModule
-from .lokr import LoKrModule
 from .lora import Dropouts, LoRAModule
 
-# the module each algorithm of config.ALGORITHMS trains (LoCon is LoRA on more layers; DoRA a LoRA variant)
-MODULE_CLASSES = {"LoRA": LoRAModule, "LoCon": LoRAModule, "LoHa": LoHaModule, "LoKr": LoKrModule,
-                  "DyLoRA": DyLoRAModule}
 TEXT_ENCODER_PREFIX = "lora_te"
 
 
 def module_for(layer: nn.Module, config: NetworkConfig, dropouts: Dropouts) -> nn.Module:
-    """The update module `config` puts on `layer`, with that algorithm's own settings."""
+    """The update module `config` puts on `layer` (its algorithm's row of ALGORITHMS, DoRA for LoRA / LoCon with
+    dora on), with that algorithm's own settings."""
     rank, alpha = config.rank_and_alpha_for(layer)
     if config.dora:
         return DoRAModule(layer, rank, alpha, dropouts)
-    if config.algorithm == "LoKr":
-        return LoKrModule(layer, rank, alpha, dropouts, factor=config.lokr_factor,
-                          decompose_both=config.decompose_both)
-    if config.algorithm == "DyLoRA":
-        return DyLoRAModule(layer, rank, alpha, dropouts, unit=config.dylora_unit)
-    return MODULE_CLASSES[config.algorithm](layer, rank, alpha, dropouts)
+    spec = ALGORITHMS[config.algorithm]
+    return spec.module(layer, rank, alpha, dropouts, **{keyword: getattr(config, field)
+                                                        for keyword, field in spec.options})
 
 
 def is_up_parameter(suffix: str) -> bool:

@@ -8,29 +8,38 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
+from .dylora import DyLoRAModule
+from .loha import LoHaModule
+from .lokr import LoKrModule
+from .lora import LoRAModule
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One row of the algorithm table: what it wraps and how kohya's metadata names it."""
+    """One row of the algorithm table: its module, what it wraps, its file keys and how kohya's metadata names it."""
 
     name: str
+    module: type                       # the nn.Module put on each wrapped layer
     wraps_convolutions: bool           # LoCon: also ResNet / down- / upsampling layers, 3x3 convs at conv rank
     network_module: str                # kohya's ss_network_module
     lycoris_algo: str = ""             # LyCORIS's algo= in ss_network_args ("" for kohya's networks.lora)
     file_kind: str = "lora"            # its saved keys: "lora" (lora_down/up), "loha" (hada_*), "lokr" (lokr_*)
     dropouts: tuple[str, ...] = ("network_dropout", "rank_dropout", "module_dropout")   # the ones it has
     takes_dora: bool = False           # DoRA (weight decomposition) may be switched on for it
+    options: tuple[tuple[str, str], ...] = ()   # (module keyword, NetworkConfig field) of its own settings
 
 
 ALGORITHMS = {
-    "LoRA": Algorithm("LoRA", False, "networks.lora", takes_dora=True),
+    "LoRA": Algorithm("LoRA", LoRAModule, False, "networks.lora", takes_dora=True),
     # kohya: networks.lora with conv_dim / conv_alpha
-    "LoCon": Algorithm("LoCon", True, "networks.lora", takes_dora=True),
-    "LoHa": Algorithm("LoHa", False, "lycoris.kohya", "loha", "loha", dropouts=("module_dropout",)),
-    "LoKr": Algorithm("LoKr", False, "lycoris.kohya", "lokr", "lokr", dropouts=("rank_dropout", "module_dropout")),
+    "LoCon": Algorithm("LoCon", LoRAModule, True, "networks.lora", takes_dora=True),
+    "LoHa": Algorithm("LoHa", LoHaModule, False, "lycoris.kohya", "loha", "loha", dropouts=("module_dropout",)),
+    "LoKr": Algorithm("LoKr", LoKrModule, False, "lycoris.kohya", "lokr", "lokr",
+                      dropouts=("rank_dropout", "module_dropout"),
+                      options=(("factor", "lokr_factor"), ("decompose_both", "decompose_both"))),
     # kohya's networks.dylora: trained in rank units, saved as a plain LoRA file
-    "DyLoRA": Algorithm("DyLoRA", False, "networks.dylora", dropouts=()),
+    "DyLoRA": Algorithm("DyLoRA", DyLoRAModule, False, "networks.dylora", dropouts=(),
+                        options=(("unit", "dylora_unit"),)),
 }
 TRAIN_ON = ("unet", "text_encoder", "both")
 DROPOUTS = ("network_dropout", "rank_dropout", "module_dropout")
