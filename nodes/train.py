@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -74,12 +76,20 @@ class TrainOutputs:
 
 
 class RunRecorder:
-    """Writes what a run leaves behind: intermediate and interrupted LoRAs, and the run log."""
+    """Writes what a run leaves behind: intermediate and interrupted LoRAs, resumable states, and the run log.
 
-    def __init__(self, run_name: str, metadata_for):
+    Each intermediate save (kohya's names: `<name>-000002` for epochs, `<name>-step00000100` for steps) also
+    writes the resumable state beside it and the run log, so a crash (the process killed, power lost) loses at
+    most the steps since the last save. `keep_last_n` intermediate saves are kept: older ones of this run
+    (this session's, and, when resuming, those its run log lists) are deleted with their states.
+    """
+
+    def __init__(self, run_name: str, metadata_for, keep_last_n: int = 0, previous_saves: list | None = None):
         self.run_name = run_name
         self.metadata_for = metadata_for          # (progress) -> ss_* metadata
+        self.keep_last_n = keep_last_n
         self.files: list[str] = []
+        self.saves: list[tuple[str, str]] = [tuple(pair) for pair in previous_saves or []]   # (LoRA, state)
 
     def save_lora(self, suffix: str, progress: TrainProgress, tensors) -> str:
         lora = TrainedLora(self.run_name, tensors, self.metadata_for(progress), progress.step, progress.epoch)
@@ -87,14 +97,37 @@ class RunRecorder:
         self.files.append(path)
         return path
 
+    def save_checkpoint(self, suffix: str, progress: TrainProgress, state: TrainState) -> None:
+        path = self.save_lora(suffix, progress, state.network)
+        folder = save_state(os.path.join(run_data_folder(self.run_name), state_folder_name(state.step)), state)
+        self.saves.append((path, folder))
+        while self.keep_last_n and len(self.saves) > self.keep_last_n:
+            old_lora, old_state = self.saves.pop(0)
+            for stale in (old_lora, old_state):
+                if os.path.isdir(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
+                elif os.path.isfile(stale):
+                    os.remove(stale)
+            if old_lora in self.files:
+                self.files.remove(old_lora)
+
     def write_log(self, status: str, progress: TrainProgress, plan_text: str, extra: dict | None = None) -> str:
         record = {"run_name": self.run_name, "status": status, "plan": plan_text, "step": progress.step,
                   "epoch": progress.epoch, "losses": progress.losses, "learning_rates": progress.learning_rates,
                   "started_at": progress.started_at, "finished_at": progress.finished_at or time.time(),
-                  "files": self.files, **(extra or {})}
+                  "files": self.files, "saves": [list(pair) for pair in self.saves], **(extra or {})}
         path = os.path.join(run_data_folder(self.run_name), "run.json")
         write_json_atomic(path, record)
         return path
+
+
+def previous_run_log(run_name: str) -> dict:
+    """A run's run.json, or {} (a run killed before its first save has none)."""
+    try:
+        with open(os.path.join(run_data_folder(checked_file_name(run_name)), "run.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
 
 
 def resumable_state(run_name: str) -> TrainState:
@@ -131,7 +164,8 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                                  base_model_version=trainable.base_model_version, prediction_type=prediction_type,
                                  precision=precision, clip_skip=clip_skip)
 
-    recorder = RunRecorder(run_name, metadata_for)
+    recorder = RunRecorder(run_name, metadata_for, settings.keep_last_n,
+                           previous_run_log(run_name).get("saves") if resume else None)
     plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
                            latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps), plan.describe(), settings.objective.describe(),
@@ -151,8 +185,10 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
             logging.info("lora-trainer %s: epoch %d/%d, step %d/%d, mean loss %.4f", run_name, epoch, plan.epochs,
                          progress.step, total, sum(recent) / len(recent))
 
-    def on_epoch_checkpoint(progress: TrainProgress, tensors) -> None:
-        recorder.save_lora(f"-{progress.epoch:06d}", progress, tensors)
+    def on_checkpoint(progress: TrainProgress, state: TrainState, kind: str) -> None:
+        suffix = f"-{progress.epoch:06d}" if kind == "epoch" else f"-step{progress.step:08d}"
+        recorder.save_checkpoint(suffix, progress, state)
+        recorder.write_log("running", progress, plan_text)
 
     def on_abort(progress: TrainProgress, state: TrainState, exc: BaseException) -> None:
         # keep what was trained: a loadable LoRA, the state to resume from, and the run log
@@ -162,7 +198,7 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                            {"interrupted_lora": path, "state": state_folder})
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
-                               on_epoch_checkpoint=on_epoch_checkpoint, on_abort=on_abort)
+                               on_checkpoint=on_checkpoint, on_abort=on_abort)
     started = time.perf_counter()
     with torch.inference_mode(False):
         result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume)
@@ -236,6 +272,12 @@ class LoRATrain(io.ComfyNode):
                                tooltip="Max-norm regularization (kohya's scale_weight_norms, LoRA / LoCon): a "
                                        "module's update norm is kept at or below this after each step; 0 = off, "
                                        "1 is the usual value."),
+                io.Int.Input("save_every_n_steps", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="Also save <name>-step<step>.safetensors every N steps; 0 = off. Each save "
+                                     "also keeps a state to resume from, so a crash loses at most the steps since."),
+                io.Int.Input("keep_last_n", default=0, min=0, max=10000, optional=True,
+                             tooltip="Keep only the last N intermediate saves (and their states) of this run; "
+                                     "0 = keep all."),
                 *objective_inputs(),
             ],
             outputs=[
@@ -252,7 +294,7 @@ class LoRATrain(io.ComfyNode):
     def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
                 train_seed, precision, save_every_n_epochs, resume_from="", prior_loss_weight=1.0,
                 gradient_accumulation_steps=1, gradient_checkpointing=False, max_token_length="75",
-                scale_weight_norms=0.0, **loss_and_noise) -> io.NodeOutput:
+                scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, **loss_and_noise) -> io.NodeOutput:
         objective = objective_settings(loss_and_noise)
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                  seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs,
@@ -260,7 +302,7 @@ class LoRATrain(io.ComfyNode):
                                  gradient_accumulation_steps=gradient_accumulation_steps,
                                  gradient_checkpointing=gradient_checkpointing,
                                  max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
-                                 objective=objective)
+                                 objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "")
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,

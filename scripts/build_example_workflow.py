@@ -28,7 +28,7 @@ NODES = {
         ["AdamW8bit", 0.0001, -1.0, -1.0, -1.0, "cosine", 0.1, 1.0, 0.0001, 0.0, -1.0, -1.0, "default", "default",
          "default", "default", "", 0, 1, 1.0], {}),
     6: ("LoRATrain", None, (800, 80), (360, 360),
-        ["my_lora", 10, 0, 1, 42, "auto", 0, "", 1.0, 1, False, "75", 0.0,
+        ["my_lora", 10, 0, 1, 42, "auto", 0, "", 1.0, 1, False, "75", 0.0, 0, 0,
          "l2", "snr", 0.1, 1.0, 0.0, False, False, 0.0, 0.0, False, 0.0, 0, 0.3, 0.0, False, 0, 1000, False],
         {"model": (1, 0), "clip": (1, 1), "latents": (3, 0), "network": (4, 0), "optimizer": (5, 0)}),
     7: ("LoRASaveSafetensors", None, (1220, 80), (320, 150), ["", "fp16", ""], {"lora": (6, 2)}),

@@ -52,12 +52,13 @@ class TrainCallbacks:
 
     `check_cancel` may raise to stop the run; `on_abort` then gets the resumable state (LoRA, optimizer,
     schedule, RNG) as of the last completed step before the exception propagates, so Cancel and errors
-    keep what was trained.
+    keep what was trained. `on_checkpoint` gets the same state at each intermediate save (kohya's
+    save_every_n_epochs / save_every_n_steps; not at the end of the run), with "epoch" or "step".
     """
 
     on_step: Callable[[TrainProgress, int], None] | None = None            # (progress, total_steps)
     check_cancel: Callable[[], None] | None = None
-    on_epoch_checkpoint: Callable[[TrainProgress, dict[str, torch.Tensor]], None] | None = None
+    on_checkpoint: Callable[[TrainProgress, TrainState, str], None] | None = None
     on_abort: Callable[[TrainProgress, TrainState, BaseException], None] | None = None
 
 
@@ -228,11 +229,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     rng_state = stepper.generator.get_state()
                     if callbacks.on_step:
                         callbacks.on_step(progress, plan.total_steps)
+                    every = settings.save_every_n_steps
+                    if (every and callbacks.on_checkpoint and progress.step % every == 0
+                            and progress.step < plan.total_steps):
+                        callbacks.on_checkpoint(progress, snapshot(), "step")
                 progress.epoch = epoch + 1
                 last_epoch = progress.epoch == plan.epochs
-                if (settings.save_every_n_epochs and not last_epoch and callbacks.on_epoch_checkpoint
+                if (settings.save_every_n_epochs and not last_epoch and callbacks.on_checkpoint
                         and progress.epoch % settings.save_every_n_epochs == 0):
-                    callbacks.on_epoch_checkpoint(progress, network.kohya_state_dict())
+                    callbacks.on_checkpoint(progress, snapshot(), "epoch")
         except BaseException as exc:
             if callbacks.on_abort and progress.step > 0:
                 try:

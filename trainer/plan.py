@@ -26,6 +26,8 @@ class TrainSettings:
     seed: int = 42
     precision: str = "auto"          # one of PRECISIONS; what it becomes on the device: loop.training_precision
     save_every_n_epochs: int = 0     # 0: only the final LoRA
+    save_every_n_steps: int = 0      # kohya's save_every_n_steps; 0: off
+    keep_last_n: int = 0             # intermediate saves kept (each with its resumable state); 0: all
     prior_loss_weight: float = 1.0   # kohya's --prior_loss_weight: the loss weight of regularization images
     gradient_accumulation_steps: int = 1   # batches whose gradients add up to one optimizer step (kohya's)
     gradient_checkpointing: bool = False   # recompute the model's blocks in the backward pass (less memory)
@@ -42,8 +44,8 @@ class TrainSettings:
             raise ConfigError(f"batch_size is {self.batch_size}; it must be 1 or more.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}.")
-        if self.save_every_n_epochs < 0:
-            raise ConfigError("save_every_n_epochs must be 0 (off) or more.")
+        if self.save_every_n_epochs < 0 or self.save_every_n_steps < 0 or self.keep_last_n < 0:
+            raise ConfigError("save_every_n_epochs, save_every_n_steps and keep_last_n must be 0 (off) or more.")
         if not self.prior_loss_weight >= 0:
             raise ConfigError(f"prior_loss_weight is {self.prior_loss_weight}; it must be 0 or more (kohya: 1.0).")
         if self.gradient_accumulation_steps < 1:

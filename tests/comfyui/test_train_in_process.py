@@ -343,3 +343,35 @@ def test_loss_and_noise_options_reach_the_step_and_the_file(trained, comfy_folde
     assert plain.lora.metadata["ss_min_snr_gamma"] == "None" and plain.lora.metadata["ss_loss_type"] == "l2"
     with pytest.raises(ConfigError, match="zero_terminal_snr"):
         run(model, clip, latents, output_name="zsnr", epochs=1, objective=ObjectiveSettings(zero_terminal_snr=True))
+
+
+def test_step_saves_keep_the_last_n_with_their_states_and_resume_to_the_same_lora(trained, comfy_folders):
+    """Each intermediate save writes the LoRA, a resumable state and the run log, so a run killed after a save
+    continues from it: resuming from the newest one gives the uninterrupted run's final weights."""
+    import json
+
+    from comfyui_lora_trainer.nodes.comfy_host import run_data_folder
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    model, clip, latents = trained                     # 4 batches per epoch at batch 1
+    whole = run(model, clip, latents, output_name="steps", epochs=2, save_every_n_steps=2, keep_last_n=2)
+    assert sorted(os.listdir(comfy_folders["loras"])) == ["steps-step00000004.safetensors",
+                                                          "steps-step00000006.safetensors"]
+    folder = run_data_folder("steps")
+    assert sorted(name for name in os.listdir(folder) if name.startswith("state-")) == \
+        ["state-00000004", "state-00000006"]
+    with open(os.path.join(folder, "run.json"), encoding="utf-8") as handle:
+        log = json.load(handle)
+    assert log["status"] == "finished" and [os.path.basename(p) for p, _ in log["saves"]] == \
+        ["steps-step00000004.safetensors", "steps-step00000006.safetensors"]
+
+    with torch.inference_mode():                       # as if the server died after the save at step 6
+        resumed = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4),
+                               OptimizerConfig(learning_rate=1e-3),
+                               TrainSettings(output_name="steps", epochs=2, save_every_n_steps=2, keep_last_n=2),
+                               resume_from="steps")
+    assert resumed.result.progress.losses == whole.result.progress.losses
+    assert all(torch.equal(resumed.lora.tensors[k], whole.lora.tensors[k]) for k in whole.lora.tensors)
