@@ -36,8 +36,10 @@ class ComfyServer:
     def install_packs(self) -> None:
         custom_nodes = os.path.join(self.base_dir, "custom_nodes")
         os.makedirs(custom_nodes, exist_ok=True)
-        os.symlink(harness.REPO_ROOT, os.path.join(custom_nodes, PACK_FOLDER_NAME))
-        os.symlink(harness.TINY_PACK_DIR, os.path.join(custom_nodes, "lora_trainer_test_tiny_models"))
+        for source, name in ((harness.REPO_ROOT, PACK_FOLDER_NAME),
+                             (harness.TINY_PACK_DIR, "lora_trainer_test_tiny_models")):
+            if not os.path.lexists(os.path.join(custom_nodes, name)):     # a restarted server reuses its base
+                os.symlink(source, os.path.join(custom_nodes, name))
         for folder in ("input", "output", "user", os.path.join("models", "loras")):
             os.makedirs(os.path.join(self.base_dir, folder), exist_ok=True)
 
