@@ -392,3 +392,48 @@ def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path, tiny_vae_enc
     resumed = train_lora(fresh_model(), cache, *args, resume=state)
     assert resumed.progress.losses == whole.progress.losses
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+
+def fixed_denoising_loss(model, cache, network=None, seed: int = 123) -> float:
+    """The training images' denoising loss at fixed noise and timesteps (the same draw every call)."""
+    from trainer.objective import noisy_latents_and_target, per_sample_mse
+
+    denoiser = model.denoiser
+    generator = torch.Generator().manual_seed(seed)
+    latents = denoiser.scale_latents(torch.stack([s.latent for s in cache.samples if s.bucket == (64, 64)]))
+    latents = latents.repeat(4, 1, 1, 1)                  # several timesteps per image
+    noisy, timesteps, target = noisy_latents_and_target(latents, denoiser.alphas_cumprod, "epsilon", generator)
+    contexts = torch.cat([model.caption_encoder.encode(s.caption) for s in cache.samples
+                          if s.bucket == (64, 64)] * 4)
+    targets = model.targets_for(False)
+    with torch.no_grad():
+        if network is None:
+            prediction = denoiser(noisy, timesteps, contexts)
+        else:
+            network.eval()
+            with network.attached(targets):
+                prediction = denoiser(noisy, timesteps, contexts)
+    return float(per_sample_mse(prediction, target).mean())
+
+
+def test_training_lowers_the_denoising_loss_on_the_training_images(tmp_path, tiny_vae_encoder):
+    from trainer.networks import LoRANetwork
+
+    root = make_kohya_folder(str(tmp_path / "data"), {"1_sks dog": [(64, 64), (64, 64)]},
+                             {"1_sks dog/0": "a photo of sks dog", "1_sks dog/1": "sks dog on grass"})
+    cache = cache_latents(load_dataset_folder(root), tiny_vae_encoder, BucketSettings((64, 64), 64, 128, 64))
+    model = fresh_model()
+    before = fixed_denoising_loss(model, cache)
+    config = NetworkConfig(rank=8, alpha=8)
+    result = train_lora(model, cache, config, OptimizerConfig(learning_rate=3e-3, scheduler="constant",
+                                                              warmup_ratio=0.0),
+                        TrainSettings(epochs=150, batch_size=2, seed=1))
+    trained = LoRANetwork(model.targets_for(False), config)
+    trained.load_kohya_state_dict(result.tensors)
+    after = fixed_denoising_loss(model, cache, trained)
+    untrained = fixed_denoising_loss(model, cache, LoRANetwork(model.targets_for(False), config))
+    assert untrained == before, "a fresh LoRA (zero up matrices) must leave the model's loss as it is"
+    print(f"denoising loss on the training images: {before:.4f} before, {after:.4f} after")
+    assert after <= 0.7 * before, f"the loss fell only from {before:.4f} to {after:.4f}"
+    with pytest.raises(ConfigError, match="learning rate"):          # lr 0 everywhere: nothing would train
+        train_lora(model, cache, config, OptimizerConfig(learning_rate=0.0), TrainSettings(epochs=1))
