@@ -31,6 +31,9 @@ from .objective_inputs import objective_inputs, objective_settings
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
 
 
+FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+
+
 def unused_run_name(name: str) -> str:
     """The output name, or name_2, name_3, ... when a LoRA file or run folder already uses it."""
     base = checked_file_name(name)
@@ -157,12 +160,13 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
     run_name = checked_file_name(resume_from) if resume else unused_run_name(settings.output_name)
     session_id = new_session_id()
     prediction_type = denoiser.prediction_type
+    fp8_base = any(p.dtype in FP8_DTYPES for p in trainable.frozen_root.parameters())
 
     def metadata_for(progress: TrainProgress) -> dict[str, str]:
         return training_metadata(run_name=run_name, session_id=session_id, cache=latents, network=network,
                                  optimizer=optimizer, settings=settings, plan=plan, progress=progress,
                                  base_model_version=trainable.base_model_version, prediction_type=prediction_type,
-                                 precision=precision, clip_skip=clip_skip)
+                                 precision=precision, clip_skip=clip_skip, fp8_base=fp8_base)
 
     recorder = RunRecorder(run_name, metadata_for, settings.keep_last_n,
                            previous_run_log(run_name).get("saves") if resume else None)

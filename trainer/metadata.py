@@ -19,7 +19,7 @@ from .plan import TrainPlan, TrainSettings
 def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, network: NetworkConfig,
                       optimizer: OptimizerConfig, settings: TrainSettings, plan: TrainPlan,
                       progress: TrainProgress, base_model_version: str, prediction_type: str,
-                      precision: str, clip_skip: int | None = None) -> dict[str, str]:
+                      precision: str, clip_skip: int | None = None, fp8_base: bool = False) -> dict[str, str]:
     """Metadata as of now: interrupted and intermediate saves carry their own step, epoch and time."""
     resolution = cache.settings.resolution
     # kohya writes one dataset's caption settings; with several subsets, the first training subset's
@@ -88,8 +88,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_huber_schedule": "snr",
         "ss_huber_scale": 1.0,
         "ss_huber_c": 0.1,
-        "ss_fp8_base": False,
-        "ss_fp8_base_unet": False,
+        "ss_fp8_base": fp8_base,             # the base weights were float8 (kohya's --fp8_base)
+        "ss_fp8_base_unet": fp8_base,
         "ss_validation_seed": None,
         "ss_validation_split": 0.0,
         "ss_max_validation_steps": None,

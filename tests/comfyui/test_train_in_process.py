@@ -375,3 +375,35 @@ def test_step_saves_keep_the_last_n_with_their_states_and_resume_to_the_same_lor
                                resume_from="steps")
     assert resumed.result.progress.losses == whole.result.progress.losses
     assert all(torch.equal(resumed.lora.tensors[k], whole.lora.tensors[k]) for k in whole.lora.tensors)
+
+
+def test_a_model_loaded_in_fp8_trains_with_its_weights_left_in_fp8(comfy, pack, tiny, trained, comfy_folders):
+    """kohya's fp8_base: the base weights stay in the precision ComfyUI loaded them (float8 here, computed
+    through ComfyUI's manual cast), the LoRA trains in fp32."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    _, clip, latents = trained
+    with torch.inference_mode():
+        config = comfy.supported_models.SD15(tiny.sd15_unet_config(context_dim=32, tiny=True))
+        config.unet_config["num_heads"] = 2
+        config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+        base = config.get_model({})
+        tiny.randomize_(base.diffusion_model, 41)
+        model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                                 offload_device=mm.unet_offload_device())
+        before = {k: v.clone() for k, v in base.diffusion_model.state_dict().items()}
+        out = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
+                           TrainSettings(output_name="fp8", epochs=1))
+    weights = base.diffusion_model.state_dict()
+    assert any(v.dtype == torch.float8_e4m3fn for v in weights.values())
+    assert all(v.dtype == before[k].dtype and torch.equal(v.float(), before[k].float()) for k, v in weights.items())
+    assert all(torch.isfinite(torch.tensor(out.result.progress.losses)))
+    assert all(t.dtype == torch.float32 for t in out.lora.tensors.values())
+    assert out.lora.metadata["ss_fp8_base"] == "True"
