@@ -437,3 +437,26 @@ def test_training_lowers_the_denoising_loss_on_the_training_images(tmp_path, tin
     assert after <= 0.7 * before, f"the loss fell only from {before:.4f} to {after:.4f}"
     with pytest.raises(ConfigError, match="learning rate"):          # lr 0 everywhere: nothing would train
         train_lora(model, cache, config, OptimizerConfig(learning_rate=0.0), TrainSettings(epochs=1))
+
+
+def test_step_counts_are_kohyas_with_repeats_regularization_batch_and_accumulation(tmp_path, tiny_vae_encoder):
+    """kohya: 3 images x 3 repeats = 9 train samples, 4 regularization images repeated to 9; batch 2 gives
+    ceil(18 / 2) = 9 batches per epoch, accumulation 2 gives ceil(9 / 2) = 5 steps per epoch."""
+    from trainer.plan import plan_run
+
+    root = make_kohya_folder(str(tmp_path / "data"), {"3_sks dog": [(64, 64)] * 3})
+    reg = make_kohya_folder(str(tmp_path / "reg"), {"1_dog": [(64, 64)] * 4})
+    cache = cache_latents(load_dataset_folder(root, regularization_folder=reg), tiny_vae_encoder,
+                          BucketSettings((64, 64), 64, 128, 64))
+    assert (cache.num_train_images, cache.num_reg_images) == (9, 4)
+    settings = TrainSettings(epochs=2, batch_size=2, gradient_accumulation_steps=2, save_every_n_epochs=1,
+                             save_every_n_steps=4)
+    plan = plan_run(cache, settings)
+    assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (9, 5, 10)
+    saves = []
+    result = train_lora(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(), settings,
+                        TrainCallbacks(on_checkpoint=lambda progress, state, kind: saves.append(
+                            (kind, progress.step, progress.epoch, state.step))))
+    assert result.progress.step == 10
+    # kohya saves at steps 4 and 8 and after epoch 1 (step 5); the last epoch is the final save, not an extra one
+    assert saves == [("step", 4, 0, 4), ("epoch", 5, 1, 5), ("step", 8, 1, 8)]
