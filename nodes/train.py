@@ -25,6 +25,7 @@ from ..trainer.networks import NetworkConfig
 from ..trainer.optim import OptimizerConfig
 from ..trainer.plan import MAX_TOKEN_LENGTHS, PRECISIONS, TrainSettings, plan_run
 from ..trainer.resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name
+from ..trainer.validation import ValidationSettings
 from .comfy_host import ProgressReporter, check_cancel, is_cancel, loras_folder, run_data_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
 from .objective_inputs import objective_inputs, objective_settings
@@ -117,6 +118,7 @@ class RunRecorder:
     def write_log(self, status: str, progress: TrainProgress, plan_text: str, extra: dict | None = None) -> str:
         record = {"run_name": self.run_name, "status": status, "plan": plan_text, "step": progress.step,
                   "epoch": progress.epoch, "losses": progress.losses, "learning_rates": progress.learning_rates,
+                  "validation_losses": [list(pair) for pair in progress.validation_losses],
                   "started_at": progress.started_at, "finished_at": progress.finished_at or time.time(),
                   "files": self.files, "saves": [list(pair) for pair in self.saves], **(extra or {})}
         path = os.path.join(run_data_folder(self.run_name), "run.json")
@@ -144,7 +146,8 @@ def resumable_state(run_name: str) -> TrainState:
 
 
 def run_training(model, clip, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
-                 settings: TrainSettings, node_id: str | None = None, resume_from: str = "") -> TrainOutputs:
+                 settings: TrainSettings, node_id: str | None = None, resume_from: str = "",
+                 validation_latents: LatentCache | None = None) -> TrainOutputs:
     """The Train node's work, callable without the executor (tests, scripts).
 
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
@@ -172,22 +175,45 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                            previous_run_log(run_name).get("saves") if resume else None)
     plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
                            latents.describe(), network.describe(),
-                           optimizer.describe(plan.total_steps), plan.describe(), settings.objective.describe(),
+                           optimizer.describe(plan.total_steps, denoiser.device.type), plan.describe(),
+                           settings.objective.describe(),
                            f"batch {settings.batch_size}, seed {settings.seed}, "
                            + ("gradient checkpointing, " if settings.gradient_checkpointing else "")
                            + f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = ProgressReporter(node_id, plan.total_steps)
 
+    session = {"first_step": None, "started": None}
+
     def on_step(progress: TrainProgress, total: int) -> None:
         loss, lr = progress.losses[-1], progress.learning_rates[-1]
-        reporter.update(progress.step, f"step {progress.step}/{total}  loss {loss:.4f}  lr {lr:.3g}",
-                        {"step": progress.step, "total": total, "loss": loss, "lr": lr})
+        effective = progress.effective_learning_rates[-1] if progress.effective_learning_rates else lr
+        recent = progress.losses[-50:]
+        average = sum(recent) / len(recent)
+        if session["started"] is None:              # speed from this session's steps (a resume starts later)
+            session["first_step"], session["started"] = progress.step - 1, time.perf_counter()
+        done = progress.step - session["first_step"]
+        speed = done / max(time.perf_counter() - session["started"], 1e-9)
+        left = (total - progress.step) / max(speed, 1e-9)
+        text = (f"step {progress.step}/{total}  loss {loss:.4f} (avg {average:.4f})  lr {lr:.3g}"
+                + (f" (effective {effective:.3g})" if effective != lr else "")
+                + f"  {speed:.2f} step/s  {left / 60:.1f} min left")
+        event = {"step": progress.step, "total": total, "loss": loss, "average_loss": average, "lr": lr,
+                 "effective_lr": effective, "steps_per_second": speed, "seconds_left": left}
+        if progress.validation_losses and progress.validation_losses[-1][0] == progress.step:
+            event["validation_loss"] = progress.validation_losses[-1][1]
+        reporter.update(progress.step, text, event)
         if progress.step % plan.steps_per_epoch == 0 or progress.step == total:
             epoch = -(-progress.step // plan.steps_per_epoch)
             recent = progress.losses[-plan.steps_per_epoch:]
             logging.info("lora-trainer %s: epoch %d/%d, step %d/%d, mean loss %.4f", run_name, epoch, plan.epochs,
                          progress.step, total, sum(recent) / len(recent))
+
+    def on_validation(progress: TrainProgress) -> None:
+        step, value = progress.validation_losses[-1]
+        logging.info("lora-trainer %s: validation loss %.4f at step %d", run_name, value, step)
+        reporter.update(progress.step, f"step {step}/{plan.total_steps}  validation loss {value:.4f}",
+                        {"step": step, "total": plan.total_steps, "validation_loss": value})
 
     def on_checkpoint(progress: TrainProgress, state: TrainState, kind: str) -> None:
         suffix = f"-{progress.epoch:06d}" if kind == "epoch" else f"-step{progress.step:08d}"
@@ -202,10 +228,11 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                            {"interrupted_lora": path, "state": state_folder})
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
-                               on_checkpoint=on_checkpoint, on_abort=on_abort)
+                               on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation)
     started = time.perf_counter()
     with torch.inference_mode(False):
-        result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume)
+        result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume,
+                            validation_cache=validation_latents)
     seconds = time.perf_counter() - started
 
     metadata = metadata_for(result.progress)
@@ -221,7 +248,10 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
         f"{len(lora.module_names)} LoRA modules" + (f"; saved {', '.join(recorder.files)}" if recorder.files else ""),
     ])
     recorder.write_log("finished", result.progress, plan_text, {"seconds": seconds})
-    image = image_to_comfy_tensor(draw_loss_plot(losses, title=f"{run_name} loss"))
+    image = image_to_comfy_tensor(draw_loss_plot(losses, title=f"{run_name} loss",
+                                                 learning_rates=result.progress.learning_rates,
+                                                 effective_learning_rates=result.progress.effective_learning_rates,
+                                                 validation_losses=result.progress.validation_losses))
     return TrainOutputs(patched_model, patched_clip, lora, image, summary, result)
 
 
@@ -283,6 +313,18 @@ class LoRATrain(io.ComfyNode):
                              tooltip="Keep only the last N intermediate saves (and their states) of this run; "
                                      "0 = keep all."),
                 *objective_inputs(),
+                LoraLatents.Input("validation_latents", optional=True,
+                                  tooltip="Held-out images (their own Load Dataset -> Bucket & Cache chain) whose loss "
+                                          "is taken at kohya's fixed timesteps and noise, to pick the best epoch."),
+                io.Float.Input("validation_split", default=0.0, min=0.0, max=0.9, step=0.05, optional=True,
+                               tooltip="Or hold out this share of each training folder's images (kohya's "
+                                       "validation_split); 0 = off."),
+                io.Int.Input("validation_seed", default=-1, min=-1, max=2**31 - 1, optional=True,
+                             tooltip="Seed of the held-out choice and the validation noise; -1 = the training seed."),
+                io.Int.Input("validate_every_n_steps", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="Also take the validation loss every N steps; 0 = only at epoch ends."),
+                io.Int.Input("validate_every_n_epochs", default=1, min=0, max=10000, optional=True,
+                             tooltip="Take the validation loss every N epochs (and at the last); 0 = not per epoch."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -298,17 +340,22 @@ class LoRATrain(io.ComfyNode):
     def execute(cls, model, clip, latents, network, optimizer, output_name, epochs, max_steps, batch_size,
                 train_seed, precision, save_every_n_epochs, resume_from="", prior_loss_weight=1.0,
                 gradient_accumulation_steps=1, gradient_checkpointing=False, max_token_length="75",
-                scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, **loss_and_noise) -> io.NodeOutput:
+                scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, validation_latents=None,
+                validation_split=0.0, validation_seed=-1, validate_every_n_steps=0, validate_every_n_epochs=1,
+                **loss_and_noise) -> io.NodeOutput:
         objective = objective_settings(loss_and_noise)
+        validation = ValidationSettings(split=validation_split, seed=validation_seed,
+                                        every_n_steps=validate_every_n_steps, every_n_epochs=validate_every_n_epochs)
         settings = TrainSettings(output_name=output_name, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                  seed=train_seed, precision=precision, save_every_n_epochs=save_every_n_epochs,
                                  prior_loss_weight=prior_loss_weight,
                                  gradient_accumulation_steps=gradient_accumulation_steps,
                                  gradient_checkpointing=gradient_checkpointing,
                                  max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
-                                 objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n)
+                                 objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n,
+                                 validation=validation)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
-                           resume_from=resume_from or "")
+                           resume_from=resume_from or "", validation_latents=validation_latents)
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
                              ui={"text": [out.summary]})
 

@@ -26,10 +26,11 @@ from .networks import LoRANetwork, NetworkConfig
 from .networks.continue_from import continue_from_file
 from .objective import build_objective
 from .objective_settings import ObjectiveSettings
-from .optim import OptimizerConfig, build_optimizer
+from .optim import OptimizerConfig, build_optimizer, effective_learning_rate
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
 from .resume import TrainState, check_resumable, run_fingerprint
 from .text_contexts import CaptionContexts
+from .validation import Validator, split_validation, validation_timesteps
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class TrainProgress:
     epoch: int = 0                      # epochs completed
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
+    effective_learning_rates: list[float] = field(default_factory=list)   # d * lr, Adafactor's step, else lr
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)   # (step, loss)
+    validation_images: int = 0          # held-out images the validation loss is taken on
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -59,6 +63,7 @@ class TrainCallbacks:
     on_step: Callable[[TrainProgress, int], None] | None = None            # (progress, total_steps)
     check_cancel: Callable[[], None] | None = None
     on_checkpoint: Callable[[TrainProgress, TrainState, str], None] | None = None
+    on_validation: Callable[[TrainProgress], None] | None = None        # after an epoch-end validation loss
     on_abort: Callable[[TrainProgress, TrainState, BaseException], None] | None = None
 
 
@@ -125,8 +130,12 @@ def describe_precision(requested: str, chosen: str, compute_dtype: torch.dtype) 
 
 def train_lora(model: TrainableModel, cache: LatentCache, network_config: NetworkConfig,
                optimizer_config: OptimizerConfig, settings: TrainSettings,
-               callbacks: TrainCallbacks | None = None, resume: TrainState | None = None) -> TrainResult:
-    """Train a LoRA; with `resume`, continue a stopped run exactly where its state was taken."""
+               callbacks: TrainCallbacks | None = None, resume: TrainState | None = None,
+               validation_cache: LatentCache | None = None) -> TrainResult:
+    """Train a LoRA; with `resume`, continue a stopped run exactly where its state was taken.
+
+    The validation loss is taken on `validation_cache`, or on the share of `cache` that settings.validation
+    holds out (kohya's validation_split), at the steps and epochs it names."""
     callbacks = callbacks or TrainCallbacks()
     settings = settings.validated()
     optimizer_config = optimizer_config.validated()
@@ -135,6 +144,12 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         raise ConfigError("scale_weight_norms (kohya's max-norm regularization) is defined for LoRA and LoCon "
                           f"modules; set it to 0 for {network_config.algorithm}"
                           + (" with DoRA." if network_config.dora else "."))
+    held_out_seed = settings.validation.seed_for(settings.seed)
+    if settings.validation.split:
+        if validation_cache is not None:
+            raise ConfigError("Train has both a validation dataset and a validation_split; use one of them (set "
+                              "validation_split to 0 to validate on the dataset).")
+        cache, validation_cache = split_validation(cache, settings.validation.split, held_out_seed)
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
 
@@ -165,7 +180,17 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
                         settings.prior_loss_weight, settings.objective)
     network.dropouts.generator = stepper.generator      # dropout coins follow the step's saved random stream
-    progress = TrainProgress()
+    validator = None
+    if validation_cache is not None:
+        objective = settings.objective
+        validator = Validator(validation_cache, stepper, held_out_seed,
+                              validation_timesteps(objective.min_timestep, objective.max_timestep))
+
+    def validate(progress: TrainProgress, epoch_end: bool = False) -> None:
+        progress.validation_losses.append((progress.step, validator.loss(network)))
+        if epoch_end and callbacks.on_validation:       # a step's validation goes out with its on_step
+            callbacks.on_validation(progress)
+    progress = TrainProgress(validation_images=validator.count if validator else 0)
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
     if resume is not None:
         check_resumable(resume.fingerprint, fingerprint)
@@ -176,12 +201,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         stepper.generator.set_state(resume.generator)
         progress.step, progress.epoch = resume.step, resume.step // plan.steps_per_epoch
         progress.losses, progress.learning_rates = list(resume.losses), list(resume.learning_rates)
+        progress.effective_learning_rates = list(resume.effective_learning_rates)
+        progress.validation_losses = [tuple(pair) for pair in resume.validation_losses]
     rng_state = stepper.generator.get_state()         # matches progress.step: taken after each completed step
 
     def snapshot() -> TrainState:
         return TrainState(fingerprint, progress.step, list(progress.losses), list(progress.learning_rates),
                           network.kohya_state_dict(), optimizer.state_dict(), scheduler.state_dict(),
-                          stepper.scaler.state_dict(), rng_state.clone())
+                          stepper.scaler.state_dict(), rng_state.clone(), list(progress.effective_learning_rates),
+                          list(progress.validation_losses))
 
     frozen_roots = [model.frozen_root]
     if network_config.train_text_encoder and model.text_encoder_root is not None:
@@ -222,11 +250,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     if settings.scale_weight_norms:
                         network.apply_max_norm(settings.scale_weight_norms)
                     progress.learning_rates.append(scheduler.get_last_lr()[logged_group])
+                    progress.effective_learning_rates.append(effective_learning_rate(optimizer, logged_group))
                     if not skipped:           # accelerate: the schedule does not advance on a skipped fp16 step
                         scheduler.step()
                     progress.step += 1
                     progress.losses.append(loss)
                     rng_state = stepper.generator.get_state()
+                    if validator and settings.validation.every_n_steps and \
+                            progress.step % settings.validation.every_n_steps == 0:
+                        validate(progress)
                     if callbacks.on_step:
                         callbacks.on_step(progress, plan.total_steps)
                     every = settings.save_every_n_steps
@@ -235,6 +267,10 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         callbacks.on_checkpoint(progress, snapshot(), "step")
                 progress.epoch = epoch + 1
                 last_epoch = progress.epoch == plan.epochs
+                every_epochs = settings.validation.every_n_epochs
+                if validator and every_epochs and (progress.epoch % every_epochs == 0 or last_epoch) and \
+                        not (progress.validation_losses and progress.validation_losses[-1][0] == progress.step):
+                    validate(progress, epoch_end=True)
                 if (settings.save_every_n_epochs and not last_epoch and callbacks.on_checkpoint
                         and progress.epoch % settings.save_every_n_epochs == 0):
                     callbacks.on_checkpoint(progress, snapshot(), "epoch")
@@ -291,6 +327,22 @@ class TrainStep:
             raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
                                "bf16, switch gradient_checkpointing on, or close other models; the LoRA up to the "
                                "previous step was kept.") from None
+
+    def evaluate(self, sample, text, timestep: int, generator: torch.Generator) -> float:
+        """The loss of one sample at a fixed timestep, with noise from `generator` (not the step's): no
+        gradients, nothing of the training stream touched."""
+        denoiser, device = self.denoiser, self.device
+        latents = denoiser.scale_latents(sample.latent[None].to(device))
+        noisy, timesteps, target = self.objective.noisy_latents_and_target(
+            latents, generator, timesteps=torch.tensor([timestep]))
+        sizes = [sdxl_size_condition(sample.original_size, sample.bucket)] if text.pooled is not None else None
+        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else nullcontext())
+        with autocast:
+            prediction = denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes)
+        masks = None if sample.alpha_mask is None else sample.alpha_mask.to(device)[None, None]
+        loss = self.objective.per_sample_loss(prediction, target, timesteps, masks)
+        return float(self.objective.post_process_loss(loss, timesteps).mean())
 
     def batch_latents(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[bool]]:
         """Each sample's latent, loss mask and whether it is mirrored; with flip augmentation, the mirrored pair

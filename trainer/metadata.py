@@ -38,7 +38,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_text_encoder_lr": optimizer.text_encoder_lr if network.train_text_encoder else None,
         "ss_unet_lr": optimizer.learning_rate,
         "ss_num_train_images": cache.num_train_images,
-        "ss_num_validation_images": 0,
+        "ss_num_validation_images": progress.validation_images,
         "ss_num_reg_images": cache.num_reg_images,
         "ss_num_batches_per_epoch": plan.batches_per_epoch,
         "ss_num_epochs": plan.epochs,
@@ -46,7 +46,7 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_gradient_accumulation_steps": settings.gradient_accumulation_steps,
         "ss_max_train_steps": plan.total_steps,
         "ss_lr_warmup_steps": optimizer.warmup_steps(plan.total_steps),
-        "ss_lr_scheduler": optimizer.effective_scheduler(),
+        "ss_lr_scheduler": optimizer.scheduler_string(),
         "ss_network_module": network.network_module,
         "ss_network_dim": network.rank,
         "ss_network_alpha": network.effective_alpha,
@@ -90,11 +90,11 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_huber_c": 0.1,
         "ss_fp8_base": fp8_base,             # the base weights were float8 (kohya's --fp8_base)
         "ss_fp8_base_unet": fp8_base,
-        "ss_validation_seed": None,
-        "ss_validation_split": 0.0,
+        "ss_validation_seed": settings.validation.seed if settings.validation.seed >= 0 else None,
+        "ss_validation_split": settings.validation.split,
         "ss_max_validation_steps": None,
-        "ss_validate_every_n_epochs": None,
-        "ss_validate_every_n_steps": None,
+        "ss_validate_every_n_epochs": settings.validation.every_n_epochs or None,
+        "ss_validate_every_n_steps": settings.validation.every_n_steps or None,
         "ss_resize_interpolation": None if cache.interpolation == "auto" else cache.interpolation,
         "ss_batch_size_per_device": settings.batch_size,
         "ss_total_batch_size": settings.batch_size * settings.gradient_accumulation_steps,
@@ -115,6 +115,9 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_steps": progress.step,
         "ss_epoch": progress.epoch,
     }
+    if progress.validation_losses:            # ours, not kohya's: the latest validation loss and its step
+        values["ss_validation_loss"] = progress.validation_losses[-1][1]
+        values["ss_validation_loss_step"] = progress.validation_losses[-1][0]
     values.update(settings.objective.metadata())          # loss type, min-SNR, noise offset... as kohya records
     metadata = {key: str(value) for key, value in values.items()}
     metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .latent_cache import CachedSample, LatentCache, batches_per_epoch
 from .objective_settings import ObjectiveSettings
+from .validation import ValidationSettings
 
 # auto: bf16 where the device has it natively, else fp16 with loss scaling on CUDA, else fp32 (see
 # loop.training_precision). fp16 and bf16 are autocast with fp32 LoRA weights.
@@ -34,6 +35,7 @@ class TrainSettings:
     max_token_length: int = 75       # kohya's: captions are cut to 75, 150 or 225 tokens (its default 75)
     scale_weight_norms: float = 0.0  # kohya's max-norm regularization of each module's update; 0 = off
     objective: ObjectiveSettings = ObjectiveSettings()   # loss type, min-SNR, noise offset, timesteps...
+    validation: ValidationSettings = ValidationSettings()   # held-out share, seed and cadence of validation
 
     def validated(self) -> "TrainSettings":
         if self.epochs < 1:
@@ -55,6 +57,7 @@ class TrainSettings:
             raise ConfigError(f"scale_weight_norms is {self.scale_weight_norms}; use 0 (off) or a positive norm "
                               "(kohya suggests 1).")
         self.objective.validated()
+        self.validation.validated()
         if self.max_token_length not in MAX_TOKEN_LENGTHS:
             raise ConfigError(f"max_token_length is {self.max_token_length}; kohya offers "
                               f"{', '.join(map(str, MAX_TOKEN_LENGTHS))}.")

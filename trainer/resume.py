@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import safetensors.torch
 import torch
@@ -39,6 +39,8 @@ class TrainState:
     scheduler: dict
     scaler: dict
     generator: torch.Tensor
+    effective_learning_rates: list[float] = field(default_factory=list)
+    validation_losses: list = field(default_factory=list)        # [step, loss] pairs
 
 
 def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
@@ -57,6 +59,7 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
         "accumulation": settings.gradient_accumulation_steps, "max_token_length": settings.max_token_length,
         "scale_weight_norms": settings.scale_weight_norms,
         "objective": dataclasses.asdict(settings.objective),
+        "validation": dataclasses.asdict(settings.validation),
         "network": dataclasses.asdict(network),
         "optimizer": json.loads(json.dumps(dataclasses.asdict(optimizer))),
         "dataset": data.hexdigest(),
@@ -76,7 +79,9 @@ def save_state(folder: str, state: TrainState) -> str:
     write_atomic(os.path.join(folder, "network.safetensors"), safetensors.torch.save(state.network))
     buffer = io.BytesIO()
     torch.save({"losses": state.losses, "learning_rates": state.learning_rates, "optimizer": state.optimizer,
-                "scheduler": state.scheduler, "scaler": state.scaler, "generator": state.generator}, buffer)
+                "scheduler": state.scheduler, "scaler": state.scaler, "generator": state.generator,
+                "effective_learning_rates": state.effective_learning_rates,
+                "validation_losses": [list(pair) for pair in state.validation_losses]}, buffer)
     write_atomic(os.path.join(folder, "trainer_state.pt"), buffer.getvalue())
     write_json_atomic(os.path.join(folder, "state.json"), {"step": state.step, "fingerprint": state.fingerprint})
     return folder
@@ -94,7 +99,9 @@ def load_state(folder: str) -> TrainState:
         rest = torch.load(os.path.join(folder, "trainer_state.pt"), map_location="cpu", weights_only=True)
         network = safetensors.torch.load_file(os.path.join(folder, "network.safetensors"))
     return TrainState(header["fingerprint"], header["step"], rest["losses"], rest["learning_rates"], network,
-                      rest["optimizer"], rest["scheduler"], rest["scaler"], rest["generator"])
+                      rest["optimizer"], rest["scheduler"], rest["scaler"], rest["generator"],
+                      rest.get("effective_learning_rates", []),
+                      [tuple(pair) for pair in rest.get("validation_losses", [])])
 
 
 def latest_state_folder(run_folder: str) -> str | None:

@@ -407,3 +407,41 @@ def test_a_model_loaded_in_fp8_trains_with_its_weights_left_in_fp8(comfy, pack, 
     assert all(torch.isfinite(torch.tensor(out.result.progress.losses)))
     assert all(t.dtype == torch.float32 for t in out.lora.tensors.values())
     assert out.lora.metadata["ss_fp8_base"] == "True"
+
+
+def test_validation_loss_goes_to_the_run_log_the_files_and_the_graph(trained, comfy_folders, tiny, comfy):
+    import json
+
+    from comfyui_lora_trainer.nodes.comfy_host import run_data_folder
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
+    from comfyui_lora_trainer.trainer.dataset.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.latent_cache import cache_latents
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+    from comfyui_lora_trainer.trainer.validation import ValidationSettings
+
+    model, clip, latents = trained
+    root = make_kohya_folder(os.path.join(comfy_folders["input"], "val"), {"1_sks dog": [(64, 64)] * 2})
+    with torch.inference_mode():
+        vae = tiny.vae(seed=13)
+        with torch.inference_mode(False):
+            held_out = cache_latents(load_dataset_folder(root), ComfyVAEEncoder(vae), BucketSettings((64, 64), 64, 64))
+        settings = TrainSettings(output_name="val", epochs=2, save_every_n_epochs=1,
+                                 validation=ValidationSettings(every_n_steps=3))
+        out = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
+                           settings, validation_latents=held_out)
+        plain = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
+                             TrainSettings(output_name="noval", epochs=2))
+    assert [step for step, _ in out.result.progress.validation_losses] == [3, 4, 6, 8]
+    assert all(torch.equal(out.lora.tensors[k], plain.lora.tensors[k]) for k in plain.lora.tensors)
+    with open(os.path.join(run_data_folder("val"), "run.json"), encoding="utf-8") as handle:
+        assert [step for step, _ in json.load(handle)["validation_losses"]] == [3, 4, 6, 8]
+    assert out.lora.metadata["ss_num_validation_images"] == "2"
+    assert float(out.lora.metadata["ss_validation_loss"]) == out.result.progress.validation_losses[-1][1]
+    from safetensors import safe_open
+    with safe_open(os.path.join(comfy_folders["loras"], "val-000001.safetensors"), "pt") as handle:
+        assert handle.metadata()["ss_validation_loss_step"] == "4"      # the epoch save carries the epoch's value
+    assert out.loss_image.shape == plain.loss_image.shape

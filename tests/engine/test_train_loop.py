@@ -460,3 +460,39 @@ def test_step_counts_are_kohyas_with_repeats_regularization_batch_and_accumulati
     assert result.progress.step == 10
     # kohya saves at steps 4 and 8 and after epoch 1 (step 5); the last epoch is the final save, not an extra one
     assert saves == [("step", 4, 0, 4), ("epoch", 5, 1, 5), ("step", 8, 1, 8)]
+"""After the lead's loop edits: the effective lr is logged per step by train_lora and survives Cancel + resume.
+(Append to tests/engine/test_train_loop.py, which defines small_cache, fresh_model and Cancelled.)"""
+
+
+@pytest.mark.parametrize("name, lr", [("Prodigy", 1.0), ("DAdaptAdam", 1.0), ("AdamW8bit", 1e-3), ("Adafactor", 1e-3),
+                                      ("AdamW", 1e-3)])
+def test_effective_lr_is_logged_per_step_and_resumes(tmp_path, tiny_vae_encoder, name, lr):
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    args = (NetworkConfig(rank=4, alpha=2),
+            OptimizerConfig(optimizer_type=name, learning_rate=lr, warmup_ratio=0.0 if name == "Adafactor" else 0.2))
+    settings = TrainSettings(epochs=3, batch_size=2, seed=9)
+    whole = train_lora(fresh_model(), cache, *args, settings)
+    effective = whole.progress.effective_learning_rates
+    assert len(effective) == len(whole.progress.losses) == 9
+    if name in ("Prodigy", "DAdaptAdam"):
+        assert effective != whole.progress.learning_rates           # d * lr, not the scheduled lr
+    elif name != "Adafactor":
+        assert effective == whole.progress.learning_rates
+    calls = {"n": 0}
+
+    def cancel_at_step_5():
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Cancelled()
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(fresh_model(), cache, *args, settings, TrainCallbacks(check_cancel=cancel_at_step_5, on_abort=keep))
+    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    resumed = train_lora(fresh_model(), cache, *args, settings, resume=state)
+    assert resumed.progress.losses == whole.progress.losses and resumed.progress.effective_learning_rates == effective
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

@@ -1,0 +1,74 @@
+"""Validation loss as kohya takes it: held-out images, kohya's fixed timesteps, fixed noise, and nothing of
+the training stream touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.test_train_loop import fresh_model
+from tests.helpers import make_kohya_folder
+from trainer.dataset import load_dataset_folder
+from trainer.dataset.buckets import BucketSettings
+from trainer.errors import ConfigError
+from trainer.latent_cache import cache_latents
+from trainer.loop import train_lora
+from trainer.networks import NetworkConfig
+from trainer.optim import OptimizerConfig
+from trainer.plan import TrainSettings
+from trainer.validation import ValidationSettings, split_validation, validation_timesteps
+
+
+def cache_of(tmp_path, encoder, name: str, count: int, reg: int = 0):
+    root = make_kohya_folder(str(tmp_path / name), {"2_sks dog": [(64, 64)] * count},
+                             {f"2_sks dog/{i}": f"sks dog photo {i}" for i in range(count)})
+    reg_folder = make_kohya_folder(str(tmp_path / f"{name}_reg"), {"1_dog": [(64, 64)] * reg}) if reg else ""
+    return cache_latents(load_dataset_folder(root, regularization_folder=reg_folder), encoder,
+                         BucketSettings((64, 64), 64, 128, 64))
+
+
+def test_kohyas_timesteps_and_split():
+    assert validation_timesteps(0, 1000) == [200, 400, 600, 800]
+    assert validation_timesteps(100, 600) == [200, 300, 400, 500]
+
+
+def test_the_split_holds_out_kohyas_share_of_each_folder_and_never_regularization(tmp_path, tiny_vae_encoder):
+    cache = cache_of(tmp_path, tiny_vae_encoder, "data", 10, reg=3)
+    train, held_out = split_validation(cache, 0.2, seed=5)
+    assert len(held_out.samples) == 2 and not any(s.is_reg for s in held_out.samples)
+    assert len(train.samples) == len(cache.samples) - 2
+    assert {s.image_path for s in train.samples}.isdisjoint(s.image_path for s in held_out.samples)
+    again = split_validation(cache, 0.2, seed=5)[1]
+    assert [s.image_path for s in again.samples] == [s.image_path for s in held_out.samples]     # seeded
+    with pytest.raises(ConfigError, match="holds out no image"):
+        split_validation(cache_of(tmp_path, tiny_vae_encoder, "one", 1), 0.2, seed=5)
+
+
+def test_a_separate_validation_set_leaves_the_run_as_it_was_and_its_loss_is_fixed(tmp_path, tiny_vae_encoder):
+    cache = cache_of(tmp_path, tiny_vae_encoder, "data", 3)
+    held_out = cache_of(tmp_path, tiny_vae_encoder, "val", 2)
+    network, optimizer = NetworkConfig(rank=2, network_dropout=0.1), OptimizerConfig(learning_rate=1e-3)
+    settings = TrainSettings(epochs=2, batch_size=2, seed=3,
+                             validation=ValidationSettings(every_n_steps=2, every_n_epochs=1))
+    plain = train_lora(fresh_model(), cache, network, optimizer, settings)
+    validated = train_lora(fresh_model(), cache, network, optimizer, settings, validation_cache=held_out)
+    assert validated.progress.losses == plain.progress.losses
+    assert all(torch.equal(validated.tensors[k], plain.tensors[k]) for k in plain.tensors)
+    steps = [step for step, _ in validated.progress.validation_losses]
+    assert steps == [2, 3, 4, 6] and plain.progress.validation_losses == []       # every 2 steps and each epoch
+    again = train_lora(fresh_model(), cache, network, optimizer, settings, validation_cache=held_out)
+    assert again.progress.validation_losses == validated.progress.validation_losses   # same LoRA, same loss
+
+
+def test_with_a_split_the_lora_is_the_one_trained_on_the_remaining_images(tmp_path, tiny_vae_encoder):
+    cache = cache_of(tmp_path, tiny_vae_encoder, "data", 5)
+    network, optimizer = NetworkConfig(rank=2), OptimizerConfig(learning_rate=1e-3)
+    split = ValidationSettings(split=0.4, seed=11)
+    validated = train_lora(fresh_model(), cache, network, optimizer,
+                           TrainSettings(epochs=2, batch_size=1, seed=2, validation=split))
+    remaining, held_out = split_validation(cache, 0.4, seed=11)
+    plain = train_lora(fresh_model(), remaining, network, optimizer, TrainSettings(epochs=2, batch_size=1, seed=2))
+    assert all(torch.equal(validated.tensors[k], plain.tensors[k]) for k in plain.tensors)
+    assert len(validated.progress.validation_losses) == 2 and len(held_out.samples) == 2
+    with pytest.raises(ConfigError, match="use one of them"):
+        train_lora(fresh_model(), cache, network, optimizer, TrainSettings(validation=split), validation_cache=cache)
