@@ -1,0 +1,55 @@
+"""The run layer without ComfyUI (what the command line will use): names, files, record, Cancel and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tests.engine.test_train_loop import Cancelled, fresh_model, small_cache
+from trainer.networks import NetworkConfig
+from trainer.optim import OptimizerConfig
+from trainer.plan import TrainSettings
+from trainer.session import RunFolders, run_session
+
+
+def test_a_session_writes_its_files_keeps_work_on_cancel_and_resumes_exactly(tmp_path, tiny_vae_encoder):
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    folders = RunFolders(str(tmp_path / "loras"), str(tmp_path / "runs"))
+    os.makedirs(folders.loras)
+    args = (NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW", learning_rate=1e-3))
+    settings = TrainSettings(output_name="cli", epochs=3, batch_size=2, save_every_n_epochs=1)
+    events = []
+
+    class Sink:
+        def __init__(self, total):
+            events.append(("total", total))
+
+        def update(self, value, text=None, event=None):
+            events.append(("step", value))
+
+    whole = run_session(fresh_model(), cache, *args, settings, folders, progress=Sink)
+    assert whole.run_name == "cli" and ("total", 9) in events and ("step", 9) in events
+    assert sorted(os.listdir(folders.loras)) == ["cli-000001.safetensors", "cli-000002.safetensors"]
+    with open(os.path.join(folders.run_folder("cli"), "run.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["status"] == "finished"
+
+    calls = {"n": 0}
+
+    def cancel_at_step_5():
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        run_session(fresh_model(), cache, *args, settings, folders, check_cancel=cancel_at_step_5,
+                    is_cancel=lambda exc: isinstance(exc, Cancelled))
+    assert "cli_2-interrupted.safetensors" in os.listdir(folders.loras)          # a taken name gets _2
+    with open(os.path.join(folders.run_folder("cli_2"), "run.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["status"] == "cancelled"
+    resumed = run_session(fresh_model(), cache, *args, settings, folders, resume_from="cli_2")
+    assert resumed.run_name == "cli_2" and resumed.result.progress.losses == whole.result.progress.losses
+    assert all(torch.equal(resumed.lora.tensors[k], whole.lora.tensors[k]) for k in whole.lora.tensors)
+    assert resumed.loss_image.size[0] > 0 and "trained 9 step(s), 5 in this session" in resumed.summary
