@@ -100,6 +100,10 @@ class ProgressReporter:
         if event is not None:
             server.send_sync(EVENT_PROGRESS, {"node": self.node_id, **event}, None)
 
+    def preview(self, value: int, image, max_size: int = 512) -> None:
+        """An image on the node, as a sampler's live preview is shown (ComfyUI's progress-bar preview)."""
+        self.bar.update_absolute(value, self.total, ("JPEG", image, max_size))
+
 
 def _server():
     try:

@@ -198,7 +198,8 @@ def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> Trainable
                           text_encoder_targets=lambda: clip_targets(clip, family),
                           text_encoder_root=getattr(clip, "cond_stage_model", None),
                           checkpoint_blocks=[m for m in unet.modules()
-                                             if type(m).__name__ in ("ResBlock", "SpatialTransformer")])
+                                             if type(m).__name__ in ("ResBlock", "SpatialTransformer")],
+                          host=patcher)
 
 
 def clip_skip_of(clip) -> int | None:

@@ -18,11 +18,14 @@ from ..trainer.lora_file import TrainedLora
 from ..trainer.loss_plot import image_to_comfy_tensor
 from ..trainer.networks import NetworkConfig
 from ..trainer.optim import OptimizerConfig
+from ..trainer.errors import ConfigError
 from ..trainer.plan import MAX_TOKEN_LENGTHS, PRECISIONS, TrainSettings
+from ..trainer.sample_prompts import SamplePrompt, parse_sample_prompts
 from ..trainer.session import RunFolders, run_session
 from ..trainer.validation import ValidationSettings
 from .comfy_host import RUN_DATA_FOLDER, ProgressReporter, check_cancel, is_cancel, loras_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
+from .previews import PreviewRenderer
 from .objective_inputs import objective_inputs, objective_settings
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
 
@@ -43,24 +46,82 @@ def comfy_run_folders() -> RunFolders:
     return RunFolders(loras_folder(), os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER))
 
 
+@dataclass(frozen=True)
+class PreviewSettings:
+    """Train's in-training previews: kohya-syntax prompts, the VAE to decode with, ComfyUI's sampler."""
+
+    vae: object = None
+    prompts: str = ""
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+
+
 def run_training(model, clip, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
                  settings: TrainSettings, node_id: str | None = None, resume_from: str = "",
-                 validation_latents: LatentCache | None = None) -> TrainOutputs:
+                 validation_latents: LatentCache | None = None,
+                 previews: PreviewSettings = PreviewSettings()) -> TrainOutputs:
     """The Train node's work, callable without the executor (tests, scripts).
 
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
     """
     settings = settings.validated()
     trainable = trainable_from_comfy(model, clip, settings.max_token_length)
+    folders = comfy_run_folders()
+    reporters = []
+
+    def reporter(total: int) -> ProgressReporter:
+        reporters.append(ProgressReporter(node_id, total))
+        return reporters[-1]
+
+    renderer = preview_renderer(trainable, clip, previews, latents, settings,
+                                lambda step, image: reporters and reporters[-1].preview(step, image))
     with torch.inference_mode(False):
-        session = run_session(trainable, latents, network, optimizer, settings, comfy_run_folders(),
-                              progress=lambda total: ProgressReporter(node_id, total),
+        session = run_session(trainable, latents, network, optimizer, settings, folders, progress=reporter,
                               check_cancel=check_cancel, is_cancel=is_cancel,
                               clip_skip=clip_skip_of(clip), resume_from=resume_from,
-                              validation_latents=validation_latents)
+                              validation_latents=validation_latents, on_sample=renderer)
     patched_model, patched_clip = apply_lora_patches(model, clip, session.result.tensors)
+    if renderer is not None and renderer.files:
+        session.summary += f"\n{len(renderer.files)} preview image(s) in {os.path.dirname(renderer.files[0])}"
     return TrainOutputs(patched_model, patched_clip, session.lora, image_to_comfy_tensor(session.loss_image),
                         session.summary, session.result)
+
+
+def sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def preview_renderer(trainable, clip, previews: PreviewSettings, latents: LatentCache, settings: TrainSettings,
+                     show) -> PreviewRenderer | None:
+    """The loop's on_sample callback, or None when no previews are asked for; an error before training when
+    they are asked for and cannot be made."""
+    if not (settings.sample_every_n_steps or settings.sample_every_n_epochs):
+        return None
+    if not previews.prompts.strip():
+        raise ConfigError("sample_every_n_steps / _epochs is set but sample_prompts is empty: write one prompt per "
+                          "line (kohya's syntax: 'a photo of sks dog --n blurry --s 20 --l 7 --d 1'), or set both "
+                          "to 0.")
+    if previews.vae is None:
+        raise ConfigError("In-training previews need the VAE: connect the checkpoint's VAE to Train's vae input, or "
+                          "set sample_every_n_steps and sample_every_n_epochs to 0.")
+    width, height = latents.settings.resolution
+    defaults = SamplePrompt("", width=width, height=height, seed=settings.seed)
+    prompts = parse_sample_prompts(previews.prompts, defaults)
+
+    def reload() -> None:
+        if trainable.prepare is not None:
+            trainable.prepare(True)
+
+    return PreviewRenderer(trainable.host, clip, previews.vae, prompts, previews.sampler_name, previews.scheduler,
+                           show, reload)
 
 
 class LoRATrain(io.ComfyNode):
@@ -133,6 +194,19 @@ class LoRATrain(io.ComfyNode):
                              tooltip="Also take the validation loss every N steps; 0 = only at epoch ends."),
                 io.Int.Input("validate_every_n_epochs", default=1, min=0, max=10000, optional=True,
                              tooltip="Take the validation loss every N epochs (and at the last); 0 = not per epoch."),
+                io.Vae.Input("vae", optional=True, tooltip="For in-training previews: the checkpoint's VAE."),
+                io.String.Input("sample_prompts", default="", multiline=True, optional=True,
+                                tooltip="One prompt per line, rendered with the LoRA so far; kohya's options: --n "
+                                        "negative, --w / --h size, --s steps, --l cfg, --d seed."),
+                io.Int.Input("sample_every_n_steps", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="Render the sample prompts every N steps (shown on this node, saved in the "
+                                     "run's samples folder); 0 = off."),
+                io.Int.Input("sample_every_n_epochs", default=0, min=0, max=10000, optional=True,
+                             tooltip="Render the sample prompts every N epochs; 0 = off."),
+                io.Combo.Input("sample_sampler", options=sampler_names(), default="euler", optional=True,
+                               tooltip="ComfyUI sampler for the previews."),
+                io.Combo.Input("sample_scheduler", options=scheduler_names(), default="normal", optional=True,
+                               tooltip="ComfyUI scheduler for the previews."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -150,7 +224,8 @@ class LoRATrain(io.ComfyNode):
                 gradient_accumulation_steps=1, gradient_checkpointing=False, max_token_length="75",
                 scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, validation_latents=None,
                 validation_split=0.0, validation_seed=-1, validate_every_n_steps=0, validate_every_n_epochs=1,
-                **loss_and_noise) -> io.NodeOutput:
+                vae=None, sample_prompts="", sample_every_n_steps=0, sample_every_n_epochs=0,
+                sample_sampler="euler", sample_scheduler="normal", **loss_and_noise) -> io.NodeOutput:
         objective = objective_settings(loss_and_noise)
         validation = ValidationSettings(split=validation_split, seed=validation_seed,
                                         every_n_steps=validate_every_n_steps, every_n_epochs=validate_every_n_epochs)
@@ -161,9 +236,11 @@ class LoRATrain(io.ComfyNode):
                                  gradient_checkpointing=gradient_checkpointing,
                                  max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
                                  objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n,
-                                 validation=validation)
+                                 validation=validation, sample_every_n_steps=sample_every_n_steps,
+                                 sample_every_n_epochs=sample_every_n_epochs)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
-                           resume_from=resume_from or "", validation_latents=validation_latents)
+                           resume_from=resume_from or "", validation_latents=validation_latents,
+                           previews=PreviewSettings(vae, sample_prompts or "", sample_sampler, sample_scheduler))
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
                              ui={"text": [out.summary]})
 

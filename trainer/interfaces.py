@@ -80,6 +80,8 @@ class TrainableModel:
     text_encoder_root: nn.Module | None = None
     # the blocks gradient checkpointing recomputes (ResNet and transformer blocks); empty where not offered
     checkpoint_blocks: list[nn.Module] = field(default_factory=list)
+    # the host's own model object (ComfyUI: the ModelPatcher trained on), for host callbacks such as previews
+    host: object = None
 
     def targets_for(self, wraps_convolutions: bool, train_unet: bool = True,
                     train_text_encoder: bool = False) -> dict[str, nn.Module]:

@@ -64,6 +64,9 @@ class TrainCallbacks:
     check_cancel: Callable[[], None] | None = None
     on_checkpoint: Callable[[TrainProgress, TrainState, str], None] | None = None
     on_validation: Callable[[TrainProgress], None] | None = None        # after an epoch-end validation loss
+    # in-training previews: called with the LoRA attached and in eval mode, gradients off, the training
+    # random streams left as they were (kohya's sample_every_n_steps / _epochs)
+    on_sample: Callable[[TrainProgress], None] | None = None
     on_abort: Callable[[TrainProgress, TrainState, BaseException], None] | None = None
 
 
@@ -186,6 +189,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         validator = Validator(validation_cache, stepper, held_out_seed,
                               validation_timesteps(objective.min_timestep, objective.max_timestep))
 
+    def sample(progress: TrainProgress) -> None:
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                callbacks.on_sample(progress)
+        finally:
+            network.train(was_training)
+
     def validate(progress: TrainProgress, epoch_end: bool = False) -> None:
         progress.validation_losses.append((progress.step, validator.loss(network)))
         if epoch_end and callbacks.on_validation:       # a step's validation goes out with its on_step
@@ -261,6 +273,9 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         validate(progress)
                     if callbacks.on_step:
                         callbacks.on_step(progress, plan.total_steps)
+                    if callbacks.on_sample and settings.sample_every_n_steps and \
+                            progress.step % settings.sample_every_n_steps == 0:
+                        sample(progress)
                     every = settings.save_every_n_steps
                     if (every and callbacks.on_checkpoint and progress.step % every == 0
                             and progress.step < plan.total_steps):
@@ -271,6 +286,10 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                 if validator and every_epochs and (progress.epoch % every_epochs == 0 or last_epoch) and \
                         not (progress.validation_losses and progress.validation_losses[-1][0] == progress.step):
                     validate(progress, epoch_end=True)
+                if callbacks.on_sample and settings.sample_every_n_epochs and \
+                        progress.epoch % settings.sample_every_n_epochs == 0 and \
+                        not (settings.sample_every_n_steps and progress.step % settings.sample_every_n_steps == 0):
+                    sample(progress)
                 if (settings.save_every_n_epochs and not last_epoch and callbacks.on_checkpoint
                         and progress.epoch % settings.save_every_n_epochs == 0):
                     callbacks.on_checkpoint(progress, snapshot(), "epoch")

@@ -36,6 +36,8 @@ class TrainSettings:
     scale_weight_norms: float = 0.0  # kohya's max-norm regularization of each module's update; 0 = off
     objective: ObjectiveSettings = ObjectiveSettings()   # loss type, min-SNR, noise offset, timesteps...
     validation: ValidationSettings = ValidationSettings()   # held-out share, seed and cadence of validation
+    sample_every_n_steps: int = 0    # kohya's sample_every_n_steps / _epochs: in-training previews; 0 = off
+    sample_every_n_epochs: int = 0
 
     def validated(self) -> "TrainSettings":
         if self.epochs < 1:
@@ -46,6 +48,8 @@ class TrainSettings:
             raise ConfigError(f"batch_size is {self.batch_size}; it must be 1 or more.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}.")
+        if self.sample_every_n_steps < 0 or self.sample_every_n_epochs < 0:
+            raise ConfigError("sample_every_n_steps and sample_every_n_epochs must be 0 (off) or more.")
         if self.save_every_n_epochs < 0 or self.save_every_n_steps < 0 or self.keep_last_n < 0:
             raise ConfigError("save_every_n_epochs, save_every_n_steps and keep_last_n must be 0 (off) or more.")
         if not self.prior_loss_weight >= 0:

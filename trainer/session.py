@@ -169,9 +169,11 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                 progress: Callable[[int], ProgressSink] | None = None,
                 check_cancel: Callable[[], None] | None = None,
                 is_cancel: Callable[[BaseException], bool] = lambda exc: False, clip_skip: int | None = None,
-                resume_from: str = "", validation_latents: LatentCache | None = None) -> SessionResult:
+                resume_from: str = "", validation_latents: LatentCache | None = None,
+                on_sample: Callable[[TrainProgress, str], None] | None = None) -> SessionResult:
     """One training run with everything it leaves behind (intermediate saves with states, the run log, the
-    interrupted LoRA and state on Cancel or an error). `progress(total_steps)` makes where progress goes.
+    interrupted LoRA and state on Cancel or an error). `progress(total_steps)` makes where progress goes;
+    `on_sample(progress, run_folder)` renders previews (the host's, with the LoRA attached).
 
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
     """
@@ -249,7 +251,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                            {"interrupted_lora": path, "state": state_folder})
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
-                               on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation)
+                               on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation,
+                               on_sample=(lambda p: on_sample(p, folders.run_folder(run_name))) if on_sample else None)
     started = time.perf_counter()
     with torch.inference_mode(False):
         result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume,

@@ -445,3 +445,34 @@ def test_validation_loss_goes_to_the_run_log_the_files_and_the_graph(trained, co
     with safe_open(os.path.join(comfy_folders["loras"], "val-000001.safetensors"), "pt") as handle:
         assert handle.metadata()["ss_validation_loss_step"] == "4"      # the epoch save carries the epoch's value
     assert out.loss_image.shape == plain.loss_image.shape
+
+
+def test_previews_render_with_the_lora_so_far_and_leave_the_run_as_it_was(trained, comfy_folders, tiny):
+    from PIL import Image
+
+    from comfyui_lora_trainer.nodes.comfy_host import run_data_folder
+    from comfyui_lora_trainer.nodes.train import PreviewSettings, run_training
+    from comfyui_lora_trainer.trainer.errors import ConfigError
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    model, clip, latents = trained
+    prompts = "a photo of sks dog --s 2 --d 1\nsks dog on grass --n blurry --w 128 --h 64 --s 2 --l 3"
+    with torch.inference_mode():
+        vae = tiny.vae(seed=13)
+        args = (model, clip, latents, NetworkConfig(rank=4, alpha=4, network_dropout=0.1),
+                OptimizerConfig(learning_rate=1e-3))
+        previewed = run_training(*args, TrainSettings(output_name="previews", epochs=2, sample_every_n_steps=4),
+                                 previews=PreviewSettings(vae, prompts))
+        plain = run_training(*args, TrainSettings(output_name="plain", epochs=2))
+        with pytest.raises(ConfigError, match="need the VAE"):
+            run_training(*args, TrainSettings(output_name="x", epochs=1, sample_every_n_epochs=1),
+                         previews=PreviewSettings(None, prompts))
+    samples = sorted(os.listdir(os.path.join(run_data_folder("previews"), "samples")))
+    assert samples == ["step00000004_00.png", "step00000004_01.png", "step00000008_00.png", "step00000008_01.png"]
+    with Image.open(os.path.join(run_data_folder("previews"), "samples", "step00000004_01.png")) as image:
+        assert image.size == (128, 64)                                  # --w / --h
+    assert previewed.result.progress.losses == plain.result.progress.losses
+    assert all(torch.equal(previewed.lora.tensors[k], plain.lora.tensors[k]) for k in plain.lora.tensors)
+    assert "4 preview image(s)" in previewed.summary
