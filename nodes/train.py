@@ -21,7 +21,7 @@ from ..trainer.optim import OptimizerConfig
 from ..trainer.errors import ConfigError
 from ..trainer.plan import MAX_TOKEN_LENGTHS, PRECISIONS, TrainSettings
 from ..trainer.sample_prompts import SamplePrompt, parse_sample_prompts
-from ..trainer.session import RunFolders, run_session
+from ..trainer.session import RunFolders, resumable_runs, run_session
 from ..trainer.validation import ValidationSettings
 from .comfy_host import RUN_DATA_FOLDER, ProgressReporter, check_cancel, is_cancel, loras_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
@@ -85,6 +85,15 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
         session.summary += f"\n{len(renderer.files)} preview image(s) in {os.path.dirname(renderer.files[0])}"
     return TrainOutputs(patched_model, patched_clip, session.lora, image_to_comfy_tensor(session.loss_image),
                         session.summary, session.result)
+
+
+def resumable_runs_text() -> str:
+    """The runs that can resume, for resume_from's tooltip (ComfyUI rebuilds it when the node list reloads)."""
+    try:
+        runs = resumable_runs(comfy_run_folders())
+    except Exception:  # the tooltip is a help, never a reason for the node not to load
+        return ""
+    return (" Runs with a state: " + ", ".join(f"{name} (step {step})" for name, step in runs[:10])) if runs else ""
 
 
 def sampler_names() -> list[str]:
@@ -156,8 +165,9 @@ class LoRATrain(io.ComfyNode):
                 io.Int.Input("save_every_n_epochs", default=0, min=0, max=10000,
                              tooltip="Also save <name>-<epoch>.safetensors every N epochs; 0 = only at the end."),
                 io.String.Input("resume_from", default="", optional=True,
-                                tooltip="Name of a cancelled or failed run to continue exactly where it stopped "
-                                        "(same settings); it keeps its name. Empty = a new run."),
+                                tooltip="Name of a cancelled, failed or killed run to continue exactly from its "
+                                        "newest state (same settings); it keeps its name. Empty = a new run."
+                                        + resumable_runs_text()),
                 io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
                                tooltip="Loss weight of regularization images (kohya's prior_loss_weight)."),
                 io.Int.Input("gradient_accumulation_steps", default=1, min=1, max=1024, optional=True,

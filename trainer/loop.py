@@ -406,10 +406,20 @@ class TrainStep:
         loss = self.objective.post_process_loss(per_sample, timesteps).mean()
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The loss became {loss.item()} at step {step}. Lower the learning rate; the LoRA "
-                               "up to the previous step was kept.")
+            raise TrainerError(f"The loss became {loss.item()} at step {step}. {self.divergence_advice()} The LoRA "
+                               "up to the previous step was kept (the -interrupted file), with a state to resume from.")
         self.scaler.scale(loss / divisor).backward()
         return loss.item()
+
+    def divergence_advice(self) -> str:
+        """The likely causes of a loss or gradient that is no longer finite, and what to change."""
+        causes = ["the learning rate is too high for this optimizer (lower it; adaptive optimizers want about 1.0, "
+                  "the others 1e-4 or less)"]
+        if self.precision == "fp16":
+            causes.insert(0, "fp16 overflowed (set Train's precision to bf16 on a GPU that has it, or fp32)")
+        if not self.max_grad_norm < float("inf"):
+            causes.append("gradient clipping is off (set the Optimizer's max_grad_norm to 1.0)")
+        return "Likely: " + "; or ".join(causes) + "."
 
     def apply(self, step: int) -> bool:
         """Clip and take the optimizer step on the gradients gathered since the last one; True when fp16 loss
@@ -424,8 +434,9 @@ class TrainStep:
             skipped = self.scaler.get_scale() < scale
         elif not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The gradients became {norm.item()} at step {step}. Lower the learning rate; the "
-                               "LoRA up to the previous step was kept.")
+            raise TrainerError(f"The gradients became {norm.item()} at step {step}. {self.divergence_advice()} The "
+                               "LoRA up to the previous step was kept (the -interrupted file), with a state to resume "
+                               "from.")
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -153,14 +153,28 @@ def previous_run_log(folders: RunFolders, run_name: str) -> dict:
         return {}
 
 
+def resumable_runs(folders: RunFolders) -> list[tuple[str, int]]:
+    """(run name, newest saved step) of every run with a state to resume from, newest runs first."""
+    if not os.path.isdir(folders.runs):
+        return []
+    found = []
+    for name in os.listdir(folders.runs):
+        state = latest_state_folder(folders.run_folder(name))
+        if state is not None:
+            found.append((os.path.getmtime(state), name, int(os.path.basename(state).split("-")[-1])))
+    return [(name, step) for _, name, step in sorted(found, reverse=True)]
+
+
 def resumable_state(folders: RunFolders, run_name: str) -> TrainState:
-    """The newest saved state of a run, with an actionable error when there is none."""
+    """The newest saved state of a run, with an actionable error (naming the runs that have one) when there is
+    none."""
     name = checked_file_name(run_name)
     folder = latest_state_folder(folders.run_folder(name))
     if folder is None:
+        others = ", ".join(f"{run} (step {step})" for run, step in resumable_runs(folders)[:8]) or "none"
         raise ConfigError(f"Run {name!r} has no saved state in {folders.run_folder(name)}. A state is saved at each "
                           "intermediate save and when a run is cancelled or stops on an error; clear resume_from to "
-                          "start a new run.")
+                          f"start a new run. Runs that can resume: {others}.")
     return load_state(folder)
 
 

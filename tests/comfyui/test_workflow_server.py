@@ -436,3 +436,24 @@ def test_example_workflow_matches_the_servers_node_definitions(server):
         assert info[nodes[source]["type"]]["output"][slot] == wire
         target_input = nodes[target]["inputs"][target_slot]
         assert target_input["type"] == wire and target_input["link"] == link_id
+
+
+def test_a_diverging_run_stops_with_its_causes_keeps_its_work_and_leaves_comfyui_usable(server):
+    graph = training_graph("diverge", epochs=20)
+    graph["5"]["inputs"].update(learning_rate=1e8, max_grad_norm=0.0)
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "error"
+    error = execution_error(entry)
+    message = error["exception_message"]
+    assert error["exception_type"] == "TrainerError" and "became" in message, message
+    assert "learning rate" in message and "max_grad_norm" in message and "resume" in message, message
+    loras = os.listdir(os.path.join(server.base_dir, "models", "loras"))
+    run_folder = os.path.join(server.base_dir, "output", "lora-trainer", "diverge")
+    with open(os.path.join(run_folder, "run.json")) as handle:
+        stopped = json.load(handle)
+    if stopped["step"]:                         # it diverged after at least one good step: that work is kept
+        assert "diverge-interrupted.safetensors" in loras and os.path.isfile(
+            os.path.join(stopped["state"], "state.json"))
+    assert stopped["status"].startswith("error")
+    again = server.wait(server.queue(training_graph("after_divergence", epochs=1)))
+    assert again["status"]["status_str"] == "success", error_message(again)

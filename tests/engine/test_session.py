@@ -53,3 +53,18 @@ def test_a_session_writes_its_files_keeps_work_on_cancel_and_resumes_exactly(tmp
     assert resumed.run_name == "cli_2" and resumed.result.progress.losses == whole.result.progress.losses
     assert all(torch.equal(resumed.lora.tensors[k], whole.lora.tensors[k]) for k in whole.lora.tensors)
     assert resumed.loss_image.size[0] > 0 and "trained 9 step(s), 5 in this session" in resumed.summary
+
+
+def test_a_run_without_a_state_names_the_runs_that_can_resume(tmp_path, tiny_vae_encoder):
+    from trainer.errors import ConfigError
+    from trainer.session import resumable_runs
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    folders = RunFolders(str(tmp_path / "loras"), str(tmp_path / "runs"))
+    os.makedirs(folders.loras)
+    run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),
+                TrainSettings(output_name="saved", epochs=2, batch_size=2, save_every_n_steps=2), folders)
+    assert resumable_runs(folders) == [("saved", 4)]
+    with pytest.raises(ConfigError, match=r"Runs that can resume: saved \(step 4\)"):
+        run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),
+                    TrainSettings(epochs=1), folders, resume_from="nothing")
