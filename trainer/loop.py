@@ -177,6 +177,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     network.to(denoiser.device)
     groups = network.parameter_groups(optimizer_config.learning_rate, optimizer_config.text_encoder_lr,
                                       optimizer_config.loraplus_lr_ratio)
+    if all(group["lr"] == 0 for group in groups):
+        logger.warning("every learning rate of this run is 0: the LoRA will not change (a baseline run)")
     optimizer, scheduler = build_optimizer(optimizer_config, groups, plan.total_steps)
     logged_group = next((i for i, g in enumerate(groups) if g["name"] == "unet"), 0)   # the lr the chart shows
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,

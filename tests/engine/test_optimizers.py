@@ -383,4 +383,9 @@ def test_a_learning_rate_of_0_leaves_that_part_out_of_the_optimizer():
     run_steps(network, targets, data, optimizer, scheduler, 2)
     assert all(torch.equal(value, network.kohya_state_dict()[key]) for key, value in before.items())
     with pytest.raises(ConfigError, match="Every learning rate of this run is 0"):
-        build_optimizer(config, network.parameter_groups(0.0, 0.0), 5)
+        build_optimizer(config, [], 5)
+    # every lr 0: the groups stay (a baseline run that changes nothing)
+    baseline, schedule = build_optimizer(config, network.parameter_groups(0.0, 0.0), 5)
+    before = {k: v.clone() for k, v in network.kohya_state_dict().items()}
+    run_steps(network, targets, data, baseline, schedule, 2)
+    assert all(torch.equal(value, network.kohya_state_dict()[key]) for key, value in before.items())

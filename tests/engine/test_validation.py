@@ -72,3 +72,17 @@ def test_with_a_split_the_lora_is_the_one_trained_on_the_remaining_images(tmp_pa
     assert len(validated.progress.validation_losses) == 2 and len(held_out.samples) == 2
     with pytest.raises(ConfigError, match="use one of them"):
         train_lora(fresh_model(), cache, network, optimizer, TrainSettings(validation=split), validation_cache=cache)
+
+
+def test_with_learning_rate_0_the_validation_loss_stays_and_with_training_it_moves(tmp_path, tiny_vae_encoder):
+    cache = cache_of(tmp_path, tiny_vae_encoder, "data", 3)
+    held_out = cache_of(tmp_path, tiny_vae_encoder, "val", 2)
+    settings = TrainSettings(epochs=3, batch_size=2, seed=3, validation=ValidationSettings(every_n_epochs=1))
+    frozen = train_lora(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW",
+                        learning_rate=0.0), settings, validation_cache=held_out)
+    values = [value for _, value in frozen.progress.validation_losses]
+    assert len(values) == 3 and len(set(values)) == 1
+    trained = train_lora(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW",
+                         learning_rate=1e-2), settings, validation_cache=held_out)
+    moved = [value for _, value in trained.progress.validation_losses]
+    assert moved[0] != moved[-1] and moved[0] != values[0]

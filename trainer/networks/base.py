@@ -56,7 +56,7 @@ class LoRANetwork(nn.Module):
                          loraplus_ratio: float = 0.0) -> list[dict]:
         """Optimizer groups as kohya's prepare_optimizer_params: text encoder and UNet each at their own lr,
         LoRA+ putting the up matrices in a group of their own at lr x ratio; a group whose lr is 0 is left
-        out (that part stays as it is). Each group carries a `name` as kohya logs it."""
+        out (that part stays as it is), unless every lr is 0. Each group carries a `name` as kohya logs it."""
         groups: dict[str, dict] = {}
         for module_name, module in self.lora_modules.items():
             part, lr = (("textencoder", text_encoder_lr) if module_name.startswith(TEXT_ENCODER_PREFIX)
@@ -69,7 +69,10 @@ class LoRANetwork(nn.Module):
                     name, group_lr = f"{part} plus", lr * loraplus_ratio
                 group = groups.setdefault(name, {"name": name, "lr": group_lr, "params": []})
                 group["params"].append(parameter)
-        return [group for group in groups.values() if group["lr"] > 0]
+        kept = [group for group in groups.values() if group["lr"] > 0]
+        # every lr 0: nothing trains, but the run goes on (a baseline: its losses and validation are the model's
+        # own); the loop says so
+        return kept or list(groups.values())
 
     @contextmanager
     def attached(self, targets: dict[str, nn.Module]) -> Iterator["LoRANetwork"]:
