@@ -35,8 +35,13 @@ class DiffusersUNetDenoiser:
         return raw_latents * self.latent_scale
 
     def __call__(self, noisy_latents, timesteps, context, pooled=None, sizes=None):
+        extra = {}
+        if pooled is not None:               # SDXL-style UNets (addition_embed_type "text_time"), as kohya feeds them
+            time_ids = torch.tensor([[*size.original_hw, *size.crop_top_left, *size.target_hw] for size in sizes],
+                                    dtype=self.compute_dtype, device=noisy_latents.device)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled.to(self.compute_dtype), "time_ids": time_ids}
         return self.unet(noisy_latents.to(self.compute_dtype), timesteps,
-                         encoder_hidden_states=context.to(self.compute_dtype)).sample
+                         encoder_hidden_states=context.to(self.compute_dtype), **extra).sample
 
 
 class DiffusersVAEEncoder:
