@@ -41,6 +41,10 @@ class ComfyDenoiser:
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return self.base.process_latent_in(raw_latents)
 
+    def forward_memory(self, latent_shape: tuple) -> float:
+        """ComfyUI's own estimate of one forward pass's memory for this latent shape (bytes)."""
+        return float(self.base.memory_required(latent_shape))
+
     def __call__(self, noisy_latents, timesteps, context, pooled=None, sizes=None):
         dtype = self.compute_dtype
         extra = {}
@@ -185,11 +189,12 @@ def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> Trainable
     unet, unet_config = base.diffusion_model, base.model_config.unet_config
     targets = unet_targets(unet, unet_config, family)
 
-    def load_unet(keep_text_encoder: bool) -> None:
+    def load_unet(keep_text_encoder: bool, memory_required: int = 0) -> None:
         # after the fixed captions are encoded, so loading CLIP cannot push the UNet back off the GPU; when
-        # captions change per step, CLIP is loaded with it, so encoding one cannot unload the UNet mid-run
+        # captions change per step, CLIP is loaded with it, so encoding one cannot unload the UNet mid-run;
+        # memory_required: the room training needs beside the weights (trainer/memory.py)
         models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
-        comfy.model_management.load_models_gpu(models, force_full_load=True)
+        comfy.model_management.load_models_gpu(models, memory_required=memory_required, force_full_load=True)
 
     conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
     return TrainableModel(ComfyDenoiser(patcher, family), targets, unet, family.version,

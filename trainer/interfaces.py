@@ -72,8 +72,9 @@ class TrainableModel:
     # LoCon's extra layers (ResNet, down- and upsampling blocks), by kohya name; empty where not offered
     conv_targets: dict[str, nn.Module] = field(default_factory=dict)
     # called once the fixed captions are encoded, before the first step, with True when the text encoder is
-    # still needed during training (changing captions, or a text encoder that trains)
-    prepare: Callable[[bool], None] | None = None
+    # still needed during training (changing captions, or a text encoder that trains), and the bytes training
+    # needs beside the weights (trainer/memory.py)
+    prepare: Callable[[bool, int], None] | None = None
     # the text encoders' layers (`lora_te_...`, `lora_te1_...` / `lora_te2_...`) and their root module,
     # for networks that train the text encoder; built on first use
     text_encoder_targets: Callable[[], dict[str, nn.Module]] | None = None

@@ -23,6 +23,7 @@ from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .networks import LoRANetwork, NetworkConfig
+from .memory import training_memory_estimate
 from .networks.continue_from import continue_from_file
 from .objective import build_objective
 from .objective_settings import ObjectiveSettings
@@ -164,16 +165,15 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                           "choose LoRA.")
     captions = CaptionContexts(model.caption_encoder, cache.samples, denoiser.device, settings.seed,
                                encoder_trains=network_config.train_text_encoder)
-    if model.prepare is not None:
-        # e.g. load the UNet onto the GPU once the fixed captions are encoded; changing captions and a
-        # training text encoder keep the text encoder loaded beside it
-        model.prepare(captions.needs_encoder)
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(targets, network_config)
     if network_config.continue_from:
         continue_from_file(network, network_config.continue_from, set(model.conv_targets))
+    if model.prepare is not None:
+        # e.g. load the UNet onto the GPU once the fixed captions are encoded, keeping room for what training
+        # adds (trainer/memory.py); changing captions and a training text encoder keep it loaded beside it
+        model.prepare(captions.needs_encoder, training_memory_estimate(model, cache, network, settings))
     network.to(denoiser.device)
     groups = network.parameter_groups(optimizer_config.learning_rate, optimizer_config.text_encoder_lr,
                                       optimizer_config.loraplus_lr_ratio)

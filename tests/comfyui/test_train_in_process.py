@@ -476,3 +476,62 @@ def test_previews_render_with_the_lora_so_far_and_leave_the_run_as_it_was(traine
     assert previewed.result.progress.losses == plain.result.progress.losses
     assert all(torch.equal(previewed.lora.tensors[k], plain.lora.tensors[k]) for k in plain.lora.tensors)
     assert "4 preview image(s)" in previewed.summary
+
+
+def test_out_of_memory_mid_run_keeps_the_work_and_leaves_the_model_as_it_came(trained, comfy_folders, monkeypatch):
+    """An exception inside training (out of memory here, raised by the model at the third step): the state
+    and the LoRA so far are written first, the error names what to change, the incoming MODEL is unchanged."""
+    import sys
+
+    from comfyui_lora_trainer.nodes import comfy_model
+    from comfyui_lora_trainer.nodes.comfy_host import run_data_folder
+    from comfyui_lora_trainer.trainer.errors import TrainerError
+
+    model, clip, latents = trained
+    predict = sys.modules["lora_trainer_test_tiny_models"].ComparePredictions.predict
+    with torch.inference_mode():
+        before = predict(model)
+    calls = {"n": 0}
+    real_call = comfy_model.ComfyDenoiser.__call__
+
+    def running_out(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(comfy_model.ComfyDenoiser, "__call__", running_out)
+    with pytest.raises(TrainerError, match="Out of memory at step 3") as info:
+        run(model, clip, latents, output_name="oom", epochs=2)
+    assert "gradient_checkpointing" in str(info.value) and "batch_size" in str(info.value)
+    assert "oom-interrupted.safetensors" in os.listdir(comfy_folders["loras"])
+    assert any(name.startswith("state-00000002") for name in os.listdir(run_data_folder("oom")))
+    monkeypatch.setattr(comfy_model.ComfyDenoiser, "__call__", real_call)
+    with torch.inference_mode():
+        assert torch.equal(predict(model), before)
+
+
+def test_the_unet_is_loaded_with_room_for_what_training_adds(trained, comfy_folders, monkeypatch):
+    """ComfyUI's memory manager is asked to keep free the LoRA's weights, gradients and optimizer moments and
+    the activations of the largest batch (ComfyUI's own forward estimate x 4, or x 1 with checkpointing)."""
+    import comfy.model_management as mm
+
+    from comfyui_lora_trainer.trainer.memory import ACTIVATIONS_KEPT, LORA_BYTES_PER_PARAMETER
+
+    model, clip, latents = trained
+    asked = []
+    real = mm.load_models_gpu
+
+    def recording(models, memory_required=0, **kwargs):
+        if any(m is model for m in models):               # the UNet's load (CLIP loads itself to encode)
+            asked.append(memory_required)
+        return real(models, memory_required=memory_required, **kwargs)
+
+    monkeypatch.setattr(mm, "load_models_gpu", recording)
+    out = run(model, clip, latents, output_name="memory", epochs=1, batch_size=2)
+    parameters = sum(t.numel() for k, t in out.lora.tensors.items() if not k.endswith(".alpha"))
+    forward = model.model.memory_required((2, 4, 8, 8))                 # 64x64 buckets, batch 2
+    assert asked[0] == parameters * LORA_BYTES_PER_PARAMETER + int(forward * ACTIVATIONS_KEPT + 0.999999)
+    asked.clear()
+    run(model, clip, latents, output_name="memory_checkpointed", epochs=1, batch_size=2, gradient_checkpointing=True)
+    assert asked[0] == parameters * LORA_BYTES_PER_PARAMETER + int(forward + 0.999999)
