@@ -151,9 +151,11 @@ class LoRATrain(io.ComfyNode):
                 LoraOptimizer.Input("optimizer"),
                 io.String.Input("output_name", default="my_lora",
                                 tooltip="Name of the run and its files in models/loras; a taken name gets _2, _3..."),
-                io.Int.Input("epochs", default=10, min=1, max=10000),
+                io.Int.Input("epochs", default=10, min=0, max=10000,
+                             tooltip="The run's length in epochs (kohya's max_train_epochs); 0 = by max_steps."),
                 io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
-                             tooltip="Stop after this many steps; 0 = run all epochs."),
+                             tooltip="The run's length in steps when epochs is 0 (kohya's max_train_steps; "
+                                     "epochs, when set, override it as in kohya)."),
                 io.Int.Input("batch_size", default=1, min=1, max=256),
                 # not named "seed": the frontend would attach randomize-after-generate and retrain every queue
                 io.Int.Input("train_seed", display_name="seed", default=42, min=0, max=2**32 - 1,

@@ -21,8 +21,8 @@ class TrainSettings:
     """The Train node's run settings."""
 
     output_name: str = "my_lora"
-    epochs: int = 10
-    max_steps: int = 0               # 0: no limit; otherwise the run stops after this many steps
+    epochs: int = 10                 # kohya's max_train_epochs: when above 0 it decides the run's length
+    max_steps: int = 0               # kohya's max_train_steps: the run's length when epochs is 0
     batch_size: int = 1
     seed: int = 42
     precision: str = "auto"          # one of PRECISIONS; what it becomes on the device: loop.training_precision
@@ -40,10 +40,12 @@ class TrainSettings:
     sample_every_n_epochs: int = 0
 
     def validated(self) -> "TrainSettings":
-        if self.epochs < 1:
-            raise ConfigError(f"epochs is {self.epochs}; it must be 1 or more.")
-        if self.max_steps < 0:
-            raise ConfigError(f"max_steps is {self.max_steps}; use 0 for no limit, or a positive step count.")
+        if self.epochs < 0 or self.max_steps < 0:
+            raise ConfigError("epochs and max_steps must be 0 or more.")
+        if not self.epochs and not self.max_steps:
+            raise ConfigError("epochs and max_steps are both 0: set epochs (the run's length in epochs) or, with "
+                              "epochs 0, max_steps (its length in steps), as kohya's max_train_epochs / "
+                              "max_train_steps.")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size is {self.batch_size}; it must be 1 or more.")
         if self.precision not in PRECISIONS:
@@ -74,6 +76,7 @@ class TrainPlan:
     epochs: int
     total_steps: int                 # optimizer steps
     accumulation: int = 1            # batches per optimizer step
+    ignored_max_steps: int = 0       # a max_steps that epochs overrode (said in the plan)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,26 +85,31 @@ class TrainPlan:
 
     def describe(self) -> str:
         if self.accumulation == 1:
-            return (f"{self.batches_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = "
+            text = (f"{self.batches_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = "
                     f"{self.total_steps} step(s)")
-        return (f"{self.batches_per_epoch} batch(es) per epoch, {self.accumulation} per step: "
-                f"{self.steps_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = {self.total_steps} step(s)")
+        else:
+            text = (f"{self.batches_per_epoch} batch(es) per epoch, {self.accumulation} per step: "
+                    f"{self.steps_per_epoch} step(s) per epoch x {self.epochs} epoch(s) = {self.total_steps} step(s)")
+        if self.ignored_max_steps:
+            text += (f" (max_steps {self.ignored_max_steps} not used: epochs decide, as kohya's max_train_epochs "
+                     "overrides max_train_steps; set epochs to 0 to train by steps)")
+        return text
 
 
 def plan_run(cache: LatentCache, settings: TrainSettings) -> TrainPlan:
     """kohya: batches per epoch = sum over buckets of ceil(images x repeats / batch); steps per epoch =
-    ceil(batches / gradient accumulation steps); a step limit caps the run."""
+    ceil(batches / gradient accumulation steps); epochs (max_train_epochs) decide the length when set, else
+    max_steps (max_train_steps), the last epoch then cut short."""
     per_epoch = batches_per_epoch(cache, settings.batch_size)
     if per_epoch == 0:
         raise ConfigError("The latent cache holds no images; check the dataset node.")
     accumulation = settings.gradient_accumulation_steps
     steps_per_epoch = -(-per_epoch // accumulation)
-    total = settings.epochs * steps_per_epoch
-    epochs = settings.epochs
-    if settings.max_steps:
-        total = min(total, settings.max_steps)
-        epochs = -(-total // steps_per_epoch)
-    return TrainPlan(per_epoch, epochs, total, accumulation)
+    if settings.epochs:              # kohya: max_train_epochs, when given, overrides max_train_steps
+        return TrainPlan(per_epoch, settings.epochs, settings.epochs * steps_per_epoch, accumulation,
+                         ignored_max_steps=settings.max_steps)
+    total = settings.max_steps
+    return TrainPlan(per_epoch, -(-total // steps_per_epoch), total, accumulation)
 
 
 def epoch_batches(cache: LatentCache, batch_size: int, seed: int, epoch: int) -> list[list[CachedSample]]:

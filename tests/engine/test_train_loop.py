@@ -83,11 +83,18 @@ def test_same_seed_same_run(tmp_path, tiny_vae_encoder):
     assert all(torch.equal(runs[0].tensors[k], runs[1].tensors[k]) for k in runs[0].tensors)
 
 
-def test_step_limit_caps_the_run_and_lr_follows_the_schedule(tmp_path, tiny_trainable, tiny_vae_encoder):
-    cache = small_cache(tmp_path, tiny_vae_encoder)
+def test_steps_and_epochs_as_kohya_means_them_and_lr_follows_the_schedule(tmp_path, tiny_trainable,
+                                                                          tiny_vae_encoder):
+    from trainer.plan import plan_run
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)                     # 6 steps per epoch at batch 1
+    overridden = plan_run(cache, TrainSettings(epochs=3, max_steps=8, batch_size=1))
+    assert overridden.total_steps == 18 and "max_steps 8 not used" in overridden.describe()
+    with pytest.raises(ConfigError, match="both 0"):
+        TrainSettings(epochs=0, max_steps=0).validated()
     result = train_lora(tiny_trainable, cache, NetworkConfig(rank=2),
                         OptimizerConfig(learning_rate=1e-3, scheduler="cosine", warmup_ratio=0.25),
-                        TrainSettings(epochs=10, max_steps=8, batch_size=1))
+                        TrainSettings(epochs=0, max_steps=8, batch_size=1))
     assert result.plan.total_steps == 8 and result.progress.step == 8 and result.plan.epochs == 2
     lrs = result.progress.learning_rates
     assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3) and lrs[-1] < lrs[3]
