@@ -457,3 +457,24 @@ def test_a_diverging_run_stops_with_its_causes_keeps_its_work_and_leaves_comfyui
     assert stopped["status"].startswith("error")
     again = server.wait(server.queue(training_graph("after_divergence", epochs=1)))
     assert again["status"]["status_str"] == "success", error_message(again)
+
+
+def test_out_of_memory_mid_run_keeps_the_work_says_what_to_change_and_leaves_comfyui_usable(server):
+    graph = training_graph("oom_run", epochs=5)
+    graph["1"]["inputs"]["seed"] = 91                    # a model of its own (the hook stays on it)
+    graph["30"] = {"class_type": "RunsOutOfMemory", "inputs": {"model": ["1", 0], "at_forward": 4}}
+    graph["6"]["inputs"]["model"] = ["30", 0]
+    for preview in ("9", "10", "11", "12", "13"):
+        graph.pop(preview)
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "error"
+    error = execution_error(entry)
+    assert error["exception_type"] == "TrainerError", error
+    assert "Out of memory at step 4" in error["exception_message"] and "batch_size" in error["exception_message"]
+    assert "oom_run-interrupted.safetensors" in os.listdir(os.path.join(server.base_dir, "models", "loras"))
+    with open(os.path.join(server.base_dir, "output", "lora-trainer", "oom_run", "run.json")) as handle:
+        stopped = json.load(handle)
+    assert stopped["status"].startswith("error") and stopped["step"] == 3
+    assert os.path.isfile(os.path.join(stopped["state"], "state.json"))
+    again = server.wait(server.queue(training_graph("after_oom", epochs=1)))
+    assert again["status"]["status_str"] == "success", error_message(again)

@@ -19,6 +19,31 @@ class TinySD15Loader:
         return tiny_models.sd15_model(seed=seed), tiny_models.sd1_clip(seed=seed + 1), tiny_models.vae(seed=seed + 2)
 
 
+class RunsOutOfMemory:
+    """A MODEL whose UNet raises torch's out-of-memory error at its Nth forward pass (as a GPU would when a
+    large bucket comes up), to test what Train does with an exception in the middle of a run."""
+
+    CATEGORY = "testing"
+    FUNCTION = "wrap"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "at_forward": ("INT", {"default": 3})}}
+
+    def wrap(self, model, at_forward):
+        calls = {"n": 0}
+
+        def pre_hook(module, args):
+            calls["n"] += 1
+            if calls["n"] == at_forward:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+        patched = model.clone()
+        patched.model.diffusion_model.register_forward_pre_hook(pre_hook)   # a fresh tiny model per queue
+        return (patched,)
+
+
 class ComparePredictions:
     """Max |difference| between two MODELs' denoised outputs, each loaded the way a sampler loads it."""
 
@@ -53,4 +78,5 @@ class ComparePredictions:
         return {"ui": {"text": [f"max_abs_diff={difference!r} lora_effect={lora_effect!r}"]}, "result": (difference,)}
 
 
-NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "ComparePredictions": ComparePredictions}
+NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "ComparePredictions": ComparePredictions,
+                       "RunsOutOfMemory": RunsOutOfMemory}
