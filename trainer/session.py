@@ -263,6 +263,11 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
         state_folder = save_state(os.path.join(folders.run_folder(run_name), state_folder_name(state.step)), state)
         recorder.write_log("cancelled" if is_cancel(exc) else f"error: {exc}", progress, plan_text,
                            {"interrupted_lora": path, "state": state_folder})
+        message = (f"lora-trainer {run_name}: {'cancelled' if is_cancel(exc) else 'stopped by an error'} after step "
+                   f"{state.step}; the LoRA so far is {path}, its state {state_folder}; type {run_name} into "
+                   "Train's resume_from and queue again to continue exactly")
+        logging.warning(message)
+        reporter.update(progress.step, message)
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
                                on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation,
