@@ -189,12 +189,17 @@ def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> Trainable
     unet, unet_config = base.diffusion_model, base.model_config.unet_config
     targets = unet_targets(unet, unet_config, family)
 
-    def load_unet(keep_text_encoder: bool, memory_required: int = 0) -> None:
+    reserved = {"bytes": 0}
+
+    def load_unet(keep_text_encoder: bool, memory_required: int | None = None) -> None:
         # after the fixed captions are encoded, so loading CLIP cannot push the UNet back off the GPU; when
         # captions change per step, CLIP is loaded with it, so encoding one cannot unload the UNet mid-run;
         # memory_required: the room training needs beside the weights (trainer/memory.py)
+        # (a reload after previews keeps the room the first load asked for)
+        if memory_required is not None:
+            reserved["bytes"] = memory_required
         models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
-        comfy.model_management.load_models_gpu(models, memory_required=memory_required, force_full_load=True)
+        comfy.model_management.load_models_gpu(models, memory_required=reserved["bytes"], force_full_load=True)
 
     conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
     return TrainableModel(ComfyDenoiser(patcher, family), targets, unet, family.version,

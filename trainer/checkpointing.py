@@ -47,10 +47,11 @@ def _generator_contexts(generator: torch.Generator | None):
 def checkpointed(blocks: list[nn.Module], generator: torch.Generator | None = None) -> Iterator[None]:
     """Run each block's forward under torch.utils.checkpoint while the block lasts (only when gradients are on);
     the blocks' own forward methods are back afterwards (nothing is left on a shared model)."""
-    patched = []
+    patched = []                              # (block, the instance forward it had, if another pack set one)
     try:
         for block in blocks:
             original = block.forward
+            own = vars(block).get("forward")
 
             def forward(*args, _original=original, **kwargs):
                 if not torch.is_grad_enabled():
@@ -59,8 +60,11 @@ def checkpointed(blocks: list[nn.Module], generator: torch.Generator | None = No
                                   context_fn=lambda: _generator_contexts(generator), **kwargs)
 
             block.forward = forward           # an instance attribute, shadowing the class's method
-            patched.append(block)
+            patched.append((block, own))
         yield
     finally:
-        for block in patched:
-            del block.forward
+        for block, own in patched:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own

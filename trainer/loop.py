@@ -31,7 +31,7 @@ from .optim import OptimizerConfig, build_optimizer, effective_learning_rate
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
 from .resume import TrainState, check_resumable, run_fingerprint
 from .text_contexts import CaptionContexts
-from .validation import Validator, split_validation, validation_timesteps
+from .validation import Validator, split_validation, validation_contexts, validation_timesteps
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +148,12 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         raise ConfigError("scale_weight_norms (kohya's max-norm regularization) is defined for LoRA and LoCon "
                           f"modules; set it to 0 for {network_config.algorithm}"
                           + (" with DoRA." if network_config.dora else "."))
-    held_out_seed = settings.validation.seed_for(settings.seed)
     if settings.validation.split:
         if validation_cache is not None:
             raise ConfigError("Train has both a validation dataset and a validation_split; use one of them (set "
                               "validation_split to 0 to validate on the dataset).")
-        cache, validation_cache = split_validation(cache, settings.validation.split, held_out_seed)
+        cache, validation_cache = split_validation(cache, settings.validation.split,
+                                                   settings.validation.seed_for(settings.seed))
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
 
@@ -165,6 +165,12 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                           "choose LoRA.")
     captions = CaptionContexts(model.caption_encoder, cache.samples, denoiser.device, settings.seed,
                                encoder_trains=network_config.train_text_encoder)
+    held_out_seed = settings.validation.seed_for(settings.seed)
+    validation_captions = None
+    if validation_cache is not None:     # encoded now, before the UNet is placed (or, when the text encoder
+        validation_captions = validation_contexts(    # trains, at each evaluation, with its LoRA)
+            model.caption_encoder, validation_cache, denoiser.device, held_out_seed,
+            network_config.train_text_encoder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)         # LoRA init draws from the global RNG; fork keeps it ours
         network = LoRANetwork(targets, network_config)
@@ -173,7 +179,10 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     if model.prepare is not None:
         # e.g. load the UNet onto the GPU once the fixed captions are encoded, keeping room for what training
         # adds (trainer/memory.py); changing captions and a training text encoder keep it loaded beside it
-        model.prepare(captions.needs_encoder, training_memory_estimate(model, cache, network, settings))
+        model.prepare(captions.needs_encoder or validation_captions is not None,
+                      training_memory_estimate(model, cache, network, settings))
+    if not network_config.continue_from:
+        network.start_from_loaded_weights()     # DoRA's magnitude from the weights as the host patched them
     network.to(denoiser.device)
     groups = network.parameter_groups(optimizer_config.learning_rate, optimizer_config.text_encoder_lr,
                                       optimizer_config.loraplus_lr_ratio)
@@ -189,7 +198,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     if validation_cache is not None:
         objective = settings.objective
         validator = Validator(validation_cache, stepper, held_out_seed,
-                              validation_timesteps(objective.min_timestep, objective.max_timestep))
+                              validation_timesteps(objective.min_timestep, objective.max_timestep),
+                              validation_captions)
 
     def sample(progress: TrainProgress) -> None:
         was_training = network.training
@@ -206,6 +216,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
             callbacks.on_validation(progress)
     progress = TrainProgress(validation_images=validator.count if validator else 0)
     fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
+    fingerprint["precision"] = stepper.precision        # what auto became here: a state resumes only on it
     if resume is not None:
         check_resumable(resume.fingerprint, fingerprint)
         network.load_kohya_state_dict(resume.network)
@@ -295,6 +306,14 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                 if (settings.save_every_n_epochs and not last_epoch and callbacks.on_checkpoint
                         and progress.epoch % settings.save_every_n_epochs == 0):
                     callbacks.on_checkpoint(progress, snapshot(), "epoch")
+        except OUT_OF_MEMORY:                  # the optimizer's first step, validation, previews: as in a step
+            error = out_of_memory(progress.step + 1)
+            if callbacks.on_abort and progress.step > 0:
+                try:
+                    callbacks.on_abort(progress, snapshot(), error)
+                except Exception:
+                    logger.exception("could not keep the partially trained LoRA after: %s", error)
+            raise error from None
         except BaseException as exc:
             if callbacks.on_abort and progress.step > 0:
                 try:
@@ -308,6 +327,14 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
 
 
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+KEPT = (" The LoRA up to the previous step was kept (the -interrupted file); to go on with other settings, start a "
+        "new run with Configure LoRA's continue_from set to that file (resume_from continues only with the same "
+        "settings).")
+
+
+def out_of_memory(step: int) -> TrainerError:
+    return TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in bf16, "
+                        f"switch gradient_checkpointing on, or close other models.{KEPT}")
 
 
 class TrainStep:
@@ -345,9 +372,7 @@ class TrainStep:
             return self._run(batch, step, captions, divisor)
         except OUT_OF_MEMORY:
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in "
-                               "bf16, switch gradient_checkpointing on, or close other models; the LoRA up to the "
-                               "previous step was kept.") from None
+            raise out_of_memory(step) from None
 
     def evaluate(self, sample, text, timestep: int, generator: torch.Generator) -> float:
         """The loss of one sample at a fixed timestep, with noise from `generator` (not the step's): no
@@ -408,8 +433,7 @@ class TrainStep:
         loss = self.objective.post_process_loss(per_sample, timesteps).mean()
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The loss became {loss.item()} at step {step}. {self.divergence_advice()} The LoRA "
-                               "up to the previous step was kept (the -interrupted file), with a state to resume from.")
+            raise TrainerError(f"The loss became {loss.item()} at step {step}. {self.divergence_advice()}{KEPT}")
         self.scaler.scale(loss / divisor).backward()
         return loss.item()
 
@@ -436,9 +460,7 @@ class TrainStep:
             skipped = self.scaler.get_scale() < scale
         elif not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The gradients became {norm.item()} at step {step}. {self.divergence_advice()} The "
-                               "LoRA up to the previous step was kept (the -interrupted file), with a state to resume "
-                               "from.")
+            raise TrainerError(f"The gradients became {norm.item()} at step {step}. {self.divergence_advice()}{KEPT}")
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -160,7 +160,7 @@ def resumable_runs(folders: RunFolders) -> list[tuple[str, int]]:
     found = []
     for name in os.listdir(folders.runs):
         state = latest_state_folder(folders.run_folder(name))
-        if state is not None:
+        if state is not None and previous_run_log(folders, name).get("status") != "finished":
             found.append((os.path.getmtime(state), name, int(os.path.basename(state).split("-")[-1])))
     return [(name, step) for _, name, step in sorted(found, reverse=True)]
 
@@ -169,6 +169,11 @@ def resumable_state(folders: RunFolders, run_name: str) -> TrainState:
     """The newest saved state of a run, with an actionable error (naming the runs that have one) when there is
     none."""
     name = checked_file_name(run_name)
+    log = previous_run_log(folders, name)
+    if log.get("status") == "finished":
+        raise ConfigError(f"Run {name!r} finished at step {log.get('step')}: there is nothing to resume. To train "
+                          f"it further, start a new run with Configure LoRA's continue_from set to {name}.safetensors "
+                          "(or its last saved file).")
     folder = latest_state_folder(folders.run_folder(name))
     if folder is None:
         others = ", ".join(f"{run} (step {step})" for run, step in resumable_runs(folders)[:8]) or "none"
@@ -264,8 +269,9 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
         recorder.write_log("cancelled" if is_cancel(exc) else f"error: {exc}", progress, plan_text,
                            {"interrupted_lora": path, "state": state_folder})
         message = (f"lora-trainer {run_name}: {'cancelled' if is_cancel(exc) else 'stopped by an error'} after step "
-                   f"{state.step}; the LoRA so far is {path}, its state {state_folder}; type {run_name} into "
-                   "Train's resume_from and queue again to continue exactly")
+                   f"{state.step}; the LoRA so far is {path}, its state {state_folder}. To continue exactly with the "
+                   f"same settings, type {run_name} into Train's resume_from and queue again; with other settings, "
+                   "start a new run with Configure LoRA's continue_from set to that file")
         logging.warning(message)
         reporter.update(progress.step, message)
 

@@ -75,14 +75,21 @@ def validation_timesteps(min_timestep: int, max_timestep: int) -> list[int]:
     return [int(t) for t in np.linspace(min_timestep, max_timestep, VALIDATION_TIMESTEPS + 2, dtype=int)[1:-1]]
 
 
+def validation_contexts(encoder, cache: LatentCache, device, seed: int, encoder_trains: bool) -> CaptionContexts:
+    """The validation captions as the first epoch would draw them, from a caption stream of their own; encoded
+    once now, or, when the text encoder trains, at every evaluation (with its LoRA as it is then)."""
+    samples = [s for s in cache.samples if not s.is_reg]
+    return CaptionContexts(encoder, samples, device, seed, encoder_trains=encoder_trains)
+
+
 class Validator:
     """Evaluates a network's validation loss; the same images, timesteps and noise at every evaluation."""
 
-    def __init__(self, cache: LatentCache, step, seed: int, timesteps: list[int]):
+    def __init__(self, cache: LatentCache, step, seed: int, timesteps: list[int],
+                 captions: CaptionContexts | None = None):
         self.samples: list[CachedSample] = [s for s in cache.samples if not s.is_reg]
         self.step, self.seed, self.timesteps = step, seed, timesteps
-        # captions as the first epoch would draw them, but from a caption stream of their own
-        self.captions = CaptionContexts(step.captions.encoder, self.samples, step.device, seed)
+        self.captions = captions or validation_contexts(step.captions.encoder, cache, step.device, seed, False)
 
     @property
     def count(self) -> int:

@@ -368,7 +368,10 @@ def test_step_saves_keep_the_last_n_with_their_states_and_resume_to_the_same_lor
     assert log["status"] == "finished" and [os.path.basename(p) for p, _ in log["saves"]] == \
         ["steps-step00000004.safetensors", "steps-step00000006.safetensors"]
 
-    with torch.inference_mode():                       # as if the server died after the save at step 6
+    log["status"] = "running"                         # as the log read when the server died after step 6's save
+    with open(os.path.join(folder, "run.json"), "w", encoding="utf-8") as handle:
+        json.dump(log, handle)
+    with torch.inference_mode():
         resumed = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4),
                                OptimizerConfig(learning_rate=1e-3),
                                TrainSettings(output_name="steps", epochs=2, save_every_n_steps=2, keep_last_n=2),
@@ -535,3 +538,26 @@ def test_the_unet_is_loaded_with_room_for_what_training_adds(trained, comfy_fold
     asked.clear()
     run(model, clip, latents, output_name="memory_checkpointed", epochs=1, batch_size=2, gradient_checkpointing=True)
     assert asked[0] == parameters * LORA_BYTES_PER_PARAMETER + int(forward + 0.999999)
+
+
+def test_dora_starts_from_the_model_as_comfyui_patched_it(trained, comfy_folders):
+    """A MODEL that already carries a LoRA (LoraLoader before Train): DoRA's magnitude is taken from the weights
+    after ComfyUI applied that patch, so a fresh DoRA changes nothing before its first step."""
+    import comfy.model_management as mm
+
+    from comfyui_lora_trainer.nodes.comfy_model import apply_lora_patches, trainable_from_comfy
+    from comfyui_lora_trainer.trainer.networks import LoRANetwork, NetworkConfig
+
+    model, clip, latents = trained
+    first = run(model, clip, latents, output_name="upstream", epochs=1)
+    upstream = {k: (v * 50 if k.endswith("lora_up.weight") else v) for k, v in first.lora.tensors.items()}
+    patched, patched_clip = apply_lora_patches(model, clip, upstream)
+    with torch.inference_mode(False), torch.no_grad():
+        trainable = trainable_from_comfy(patched, patched_clip)
+        targets = trainable.targets_for(False)
+        network = LoRANetwork(targets, NetworkConfig(rank=4, dora=True))
+        trainable.prepare(False, 0)                   # ComfyUI patches the weights here
+        network.start_from_loaded_weights()
+        worst = max(float(m.delta_weight().abs().max()) for m in network.lora_modules.values())
+    mm.unload_all_models()
+    assert worst < 1e-5, worst

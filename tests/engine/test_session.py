@@ -64,6 +64,16 @@ def test_a_run_without_a_state_names_the_runs_that_can_resume(tmp_path, tiny_vae
     os.makedirs(folders.loras)
     run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),
                 TrainSettings(output_name="saved", epochs=2, batch_size=2, save_every_n_steps=2), folders)
+    assert resumable_runs(folders) == []                # it finished: nothing to resume
+    with pytest.raises(ConfigError, match="finished at step 6: there is nothing to resume"):
+        run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),
+                    TrainSettings(epochs=1), folders, resume_from="saved")
+    log_path = os.path.join(folders.run_folder("saved"), "run.json")
+    with open(log_path, encoding="utf-8") as handle:
+        log = json.load(handle)
+    log["status"] = "running"                           # as a run killed after its save at step 4 left it
+    with open(log_path, "w", encoding="utf-8") as handle:
+        json.dump(log, handle)
     assert resumable_runs(folders) == [("saved", 4)]
     with pytest.raises(ConfigError, match=r"Runs that can resume: saved \(step 4\)"):
         run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),

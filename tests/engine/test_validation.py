@@ -86,3 +86,19 @@ def test_with_learning_rate_0_the_validation_loss_stays_and_with_training_it_mov
                          learning_rate=1e-2), settings, validation_cache=held_out)
     moved = [value for _, value in trained.progress.validation_losses]
     assert moved[0] != moved[-1] and moved[0] != values[0]
+
+
+def test_the_validation_loss_sees_the_text_encoders_lora_when_it_trains(tmp_path, tiny_vae_encoder):
+    from tests.engine.conftest import tiny_unet
+    from tests.engine.test_network_variants import TinyClipCaptions
+    from trainer.diffusers_adapter import FunctionCaptionEncoder, diffusers_sd1_trainable
+
+    cache = cache_of(tmp_path, tiny_vae_encoder, "data", 3)
+    held_out = cache_of(tmp_path, tiny_vae_encoder, "val", 2)
+    clip = TinyClipCaptions()
+    model = diffusers_sd1_trainable(tiny_unet(), FunctionCaptionEncoder(clip), text_encoder=clip.model)
+    result = train_lora(model, cache, NetworkConfig(rank=2, train_on="text_encoder"),
+                        OptimizerConfig(optimizer_type="AdamW", learning_rate=1e-2, text_encoder_lr=1e-2),
+                        TrainSettings(epochs=3, batch_size=2, seed=3), validation_cache=held_out)
+    values = [value for _, value in result.progress.validation_losses]
+    assert len(values) == 3 and len(set(values)) == 3, "text-encoder-only training left the validation loss flat"

@@ -86,6 +86,13 @@ class LoRANetwork(nn.Module):
             for handle in handles:
                 handle.remove()
 
+    def start_from_loaded_weights(self) -> None:
+        """Modules whose start depends on the wrapped weights (DoRA's magnitude, ||W0||) take them as they are
+        now: after the host loaded the model and applied its own weight patches."""
+        for module in self.lora_modules.values():
+            if hasattr(module, "start_from_base"):
+                module.start_from_base()
+
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
         """kohya's scale_weight_norms, after an optimizer step: a module whose update up @ down * scale has a norm

@@ -45,6 +45,14 @@ class DoRAModule(LoRAModule):
         else:
             self.conv = None
 
+    @torch.no_grad()
+    def start_from_base(self) -> None:
+        """m = ||W0|| per input column of the weight as it is now (after the host's own patches), so the run
+        starts from the model in hand."""
+        weight = self.base_layer[0].weight
+        if weight.device.type != "meta":
+            self.dora_scale.copy_(column_norm(weight.detach().float()).to(self.dora_scale.device))
+
     def delta_weight(self) -> torch.Tensor:
         """W' - W0: what DoRA adds to the layer's weight (the LoRA update itself is LoRAModule.delta_weight)."""
         base = self.base_layer[0].weight.detach().to(self.dora_scale.device, torch.float32)
