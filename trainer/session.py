@@ -263,9 +263,10 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
         recorder.write_log("running", progress, plan_text)
 
     def on_abort(progress: TrainProgress, state: TrainState, exc: BaseException) -> None:
-        # keep what was trained: a loadable LoRA, the state to resume from, and the run log
-        path = recorder.save_lora("-interrupted", progress, state.network)
-        state_folder = save_state(os.path.join(folders.run_folder(run_name), state_folder_name(state.step)), state)
+        # keep what was trained: a loadable LoRA, the state to resume from (one of the run's saves, so
+        # keep_last_n counts it too), and the run log
+        recorder.save_checkpoint("-interrupted", progress, state)
+        path, state_folder = recorder.saves[-1]
         recorder.write_log("cancelled" if is_cancel(exc) else f"error: {exc}", progress, plan_text,
                            {"interrupted_lora": path, "state": state_folder})
         message = (f"lora-trainer {run_name}: {'cancelled' if is_cancel(exc) else 'stopped by an error'} after step "

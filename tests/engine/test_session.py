@@ -78,3 +78,23 @@ def test_a_run_without_a_state_names_the_runs_that_can_resume(tmp_path, tiny_vae
     with pytest.raises(ConfigError, match=r"Runs that can resume: saved \(step 4\)"):
         run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"),
                     TrainSettings(epochs=1), folders, resume_from="nothing")
+
+
+def test_keep_last_n_counts_the_states_cancel_writes(tmp_path, tiny_vae_encoder):
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    folders = RunFolders(str(tmp_path / "loras"), str(tmp_path / "runs"))
+    os.makedirs(folders.loras)
+    settings = TrainSettings(output_name="kept", epochs=4, batch_size=2, save_every_n_steps=2, keep_last_n=2)
+    calls = {"n": 0}
+
+    def cancel_at_step_6():
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):           # saves at steps 2 and 4, then Cancel's at step 5
+        run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"), settings,
+                    folders, check_cancel=cancel_at_step_6)
+    assert sorted(os.listdir(folders.loras)) == ["kept-interrupted.safetensors", "kept-step00000004.safetensors"]
+    assert sorted(n for n in os.listdir(folders.run_folder("kept")) if n.startswith("state-")) == \
+        ["state-00000004", "state-00000005"]
