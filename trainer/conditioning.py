@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dataset.buckets import Size
+from .dataset.buckets import Size, fitted_box
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,9 @@ def sdxl_size_condition(original_size: Size, bucket: Size, flipped: bool = False
     """kohya's (original_size_hw, crop_top_left, target_size_hw) for an image of `original_size` (w, h) trained
     in `bucket` (w, h)."""
     bucket_w, bucket_h = bucket
-    image_ar = original_size[0] / original_size[1]
-    if bucket_w / bucket_h > image_ar:
-        fitted_w, fitted_h = bucket_h * image_ar, bucket_h
-    else:
-        fitted_w, fitted_h = bucket_w, bucket_w / image_ar
-    left, top = (bucket_w - fitted_w) // 2, (bucket_h - fitted_h) // 2
+    left, top, right, _ = fitted_box(bucket, original_size)
     if flipped:
-        left = bucket_w - (left + fitted_w)
+        left = bucket_w - right
     return SizeCondition((int(original_size[1]), int(original_size[0])), (int(top), int(left)),
                          (int(bucket_h), int(bucket_w)))
 

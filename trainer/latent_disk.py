@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .atomic_files import write_atomic
-from .dataset.buckets import BucketChoice, Size
+from .dataset.buckets import BucketChoice, Size, fitted_box
 from .dataset.images import mask_file
 
 SOURCE_KEY = "lora_trainer_source"
@@ -34,15 +34,8 @@ def npz_name(image_path: str, original_size: Size, suffix: str = "sd") -> str:
 
 
 def crop_ltrb(bucket: Size, original_size: Size) -> tuple[int, int, int, int]:
-    """kohya's BucketManager.get_crop_ltrb: where the image sits inside the bucket when fitted inside it."""
-    bucket_w, bucket_h = bucket
-    image_ar = original_size[0] / original_size[1]
-    if bucket_w / bucket_h > image_ar:
-        width, height = bucket_h * image_ar, bucket_h
-    else:
-        width, height = bucket_w, bucket_w / image_ar
-    left, top = (bucket_w - width) // 2, (bucket_h - height) // 2
-    return int(left), int(top), int(left + width), int(top + height)
+    """kohya's crop_ltrb as its npz files hold it: the fitted image's box in the bucket, as integers."""
+    return tuple(int(value) for value in fitted_box(bucket, original_size))
 
 
 def file_digest(path: str) -> str:

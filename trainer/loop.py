@@ -7,6 +7,7 @@ The loop owns nothing global: the RNGs it uses are its own generators, the base 
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -27,7 +28,7 @@ from .memory import training_memory_estimate
 from .networks.continue_from import continue_from_file
 from .objective import build_objective
 from .objective_settings import ObjectiveSettings
-from .optim import OptimizerConfig, build_optimizer, effective_learning_rate
+from .optim import OptimizerConfig, build_optimizer, effective_learning_rate_reader
 from .plan import TrainPlan, TrainSettings, epoch_batches, plan_run
 from .resume import TrainState, check_resumable, run_fingerprint
 from .text_contexts import CaptionContexts
@@ -190,6 +191,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         logger.warning("every learning rate of this run is 0: the LoRA will not change (a baseline run)")
     optimizer, scheduler = build_optimizer(optimizer_config, groups, plan.total_steps)
     logged_group = next((i for i, g in enumerate(groups) if g["name"] == "unet"), 0)   # the lr the chart shows
+    read_effective_lr = effective_learning_rate_reader(optimizer)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
                         settings.prior_loss_weight, settings.objective)
@@ -215,8 +217,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
         if epoch_end and callbacks.on_validation:       # a step's validation goes out with its on_step
             callbacks.on_validation(progress)
     progress = TrainProgress(validation_images=validator.count if validator else 0)
-    fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan)
-    fingerprint["precision"] = stepper.precision        # what auto became here: a state resumes only on it
+    # with the precision that runs (what auto became here): a state resumes only on it
+    fingerprint = run_fingerprint(cache, network_config, optimizer_config, settings, plan, stepper.precision)
     if resume is not None:
         check_resumable(resume.fingerprint, fingerprint)
         network.load_kohya_state_dict(resume.network)
@@ -275,7 +277,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                     if settings.scale_weight_norms:
                         network.apply_max_norm(settings.scale_weight_norms)
                     progress.learning_rates.append(scheduler.get_last_lr()[logged_group])
-                    progress.effective_learning_rates.append(effective_learning_rate(optimizer, logged_group))
+                    progress.effective_learning_rates.append(read_effective_lr(logged_group))
                     if not skipped:           # accelerate: the schedule does not advance on a skipped fp16 step
                         scheduler.step()
                     progress.step += 1
@@ -431,11 +433,12 @@ class TrainStep:
             masks = masks.to(device)[:, None]
         per_sample = self.objective.per_sample_loss(prediction, target, timesteps, masks) * weights
         loss = self.objective.post_process_loss(per_sample, timesteps).mean()
-        if not torch.isfinite(loss):
+        value = loss.item()                        # one device sync per batch, for the check and the log
+        if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The loss became {loss.item()} at step {step}. {self.divergence_advice()}{KEPT}")
+            raise TrainerError(f"The loss became {value} at step {step}. {self.divergence_advice()}{KEPT}")
         self.scaler.scale(loss / divisor).backward()
-        return loss.item()
+        return value
 
     def divergence_advice(self) -> str:
         """The likely causes of a loss or gradient that is no longer finite, and what to change."""

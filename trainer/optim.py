@@ -5,11 +5,11 @@ Optimizer types, their config and building live in `trainer/optimizers/`, the LR
 """
 
 from .optimizers import (OPTIMIZERS, OptimizerConfig, build_optimizer, effective_learning_rate,
-                         effective_learning_rates)
+                         effective_learning_rate_reader, effective_learning_rates)
 from .schedules import SCHEDULES, lr_multiplier
 
 OPTIMIZER_TYPES = tuple(OPTIMIZERS)
 SCHEDULERS = tuple(SCHEDULES)
 
 __all__ = ["OPTIMIZERS", "OPTIMIZER_TYPES", "OptimizerConfig", "SCHEDULERS", "SCHEDULES", "build_optimizer",
-           "effective_learning_rate", "effective_learning_rates", "lr_multiplier"]
+           "effective_learning_rate", "effective_learning_rate_reader", "effective_learning_rates", "lr_multiplier"]

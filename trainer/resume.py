@@ -44,7 +44,7 @@ class TrainState:
 
 
 def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
-                    settings: TrainSettings, plan: TrainPlan) -> dict:
+                    settings: TrainSettings, plan: TrainPlan, precision: str) -> dict:
     """The settings a resumed run must share with the run it continues (names and save cadence may change)."""
     data = hashlib.sha256()
     for size, samples in sorted(cache.buckets.items()):
@@ -54,7 +54,7 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
                         f"{sample.caption_options}\n".encode())
     return {
         "steps": [plan.batches_per_epoch, plan.epochs, plan.total_steps],
-        "batch_size": settings.batch_size, "seed": settings.seed, "precision": settings.precision,
+        "batch_size": settings.batch_size, "seed": settings.seed, "precision": precision,   # what ran (auto resolved)
         "prior_loss_weight": settings.prior_loss_weight,
         "accumulation": settings.gradient_accumulation_steps, "max_token_length": settings.max_token_length,
         "scale_weight_norms": settings.scale_weight_norms,

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.engine.test_train_loop import Cancelled, fresh_model, small_cache
+from tests.engine.test_train_loop import Cancelled, cancel_at_check, fresh_model, small_cache
 from trainer.networks import NetworkConfig
 from trainer.optim import OptimizerConfig
 from trainer.plan import TrainSettings
@@ -36,15 +36,8 @@ def test_a_session_writes_its_files_keeps_work_on_cancel_and_resumes_exactly(tmp
     with open(os.path.join(folders.run_folder("cli"), "run.json"), encoding="utf-8") as handle:
         assert json.load(handle)["status"] == "finished"
 
-    calls = {"n": 0}
-
-    def cancel_at_step_5():
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Cancelled()
-
     with pytest.raises(Cancelled):
-        run_session(fresh_model(), cache, *args, settings, folders, check_cancel=cancel_at_step_5,
+        run_session(fresh_model(), cache, *args, settings, folders, check_cancel=cancel_at_check(5),
                     is_cancel=lambda exc: isinstance(exc, Cancelled))
     assert "cli_2-interrupted.safetensors" in os.listdir(folders.loras)          # a taken name gets _2
     with open(os.path.join(folders.run_folder("cli_2"), "run.json"), encoding="utf-8") as handle:
@@ -85,16 +78,9 @@ def test_keep_last_n_counts_the_states_cancel_writes(tmp_path, tiny_vae_encoder)
     folders = RunFolders(str(tmp_path / "loras"), str(tmp_path / "runs"))
     os.makedirs(folders.loras)
     settings = TrainSettings(output_name="kept", epochs=4, batch_size=2, save_every_n_steps=2, keep_last_n=2)
-    calls = {"n": 0}
-
-    def cancel_at_step_6():
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise Cancelled()
-
     with pytest.raises(Cancelled):           # saves at steps 2 and 4, then Cancel's at step 5
         run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(optimizer_type="AdamW"), settings,
-                    folders, check_cancel=cancel_at_step_6)
+                    folders, check_cancel=cancel_at_check(6))
     assert sorted(os.listdir(folders.loras)) == ["kept-interrupted.safetensors", "kept-step00000004.safetensors"]
     assert sorted(n for n in os.listdir(folders.run_folder("kept")) if n.startswith("state-")) == \
         ["state-00000004", "state-00000005"]

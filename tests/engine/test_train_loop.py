@@ -47,6 +47,30 @@ class Cancelled(Exception):
     pass
 
 
+def cancel_at_check(n: int):
+    """A check_cancel that cancels at its n-th call (the start of step n: n - 1 steps are done)."""
+    calls = {"n": 0}
+
+    def check() -> None:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Cancelled()
+
+    return check
+
+
+def cancelled_state(tmp_path, cache, args, at_check: int):
+    """Run `args` (network, optimizer, settings), cancel at the given check, and load the state it kept."""
+    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
+
+    def keep(progress, state, exc):
+        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
+
+    with pytest.raises(Cancelled):
+        train_lora(fresh_model(), cache, *args, TrainCallbacks(check_cancel=cancel_at_check(at_check), on_abort=keep))
+    return load_state(latest_state_folder(str(tmp_path / "run")))
+
+
 def test_cancel_hands_the_partial_lora_to_on_abort_then_raises(tmp_path, tiny_trainable, tiny_vae_encoder):
     cache = small_cache(tmp_path, tiny_vae_encoder)
     calls = {"checks": 0}
@@ -135,26 +159,11 @@ def fresh_model():
 
 
 def test_cancelled_run_resumes_exactly(tmp_path, tiny_vae_encoder):
-    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
-
     cache = small_cache(tmp_path, tiny_vae_encoder)
     args = (NetworkConfig(rank=4, alpha=2), OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.2))
     settings = TrainSettings(epochs=3, batch_size=2, seed=9)               # 3 batches per epoch, 9 steps
     whole = train_lora(fresh_model(), cache, *args, settings)
-
-    checks = {"n": 0}
-
-    def cancel_at_step_5():
-        checks["n"] += 1
-        if checks["n"] == 5:                                               # mid-epoch: 4 steps done
-            raise Cancelled()
-
-    def keep(progress, state, exc):
-        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
-
-    with pytest.raises(Cancelled):
-        train_lora(fresh_model(), cache, *args, settings, TrainCallbacks(check_cancel=cancel_at_step_5, on_abort=keep))
-    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    state = cancelled_state(tmp_path, cache, (*args, settings), at_check=5)    # mid-epoch: 4 steps done
     assert state.step == 4
     resumed = train_lora(fresh_model(), cache, *args, settings, resume=state)
     assert resumed.progress.step == 9 and resumed.progress.losses == whole.progress.losses
@@ -274,26 +283,12 @@ def test_locon_trains_the_convolution_blocks_too(tmp_path, tiny_vae_encoder, tin
     NetworkConfig(rank=4, alpha=4, dora=True, module_dropout=0.3),
 ], ids=["LoRA dropouts", "DyLoRA", "LoKr dropouts", "LoHa dropout", "DoRA dropout"])
 def test_a_run_with_random_draws_resumes_exactly(tmp_path, tiny_vae_encoder, network):
-    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
-
     cache = small_cache(tmp_path, tiny_vae_encoder)
     args = (network, OptimizerConfig(learning_rate=2e-3), TrainSettings(epochs=2, batch_size=2, seed=4))
     whole = train_lora(fresh_model(), cache, *args)
     plain = train_lora(fresh_model(), cache, NetworkConfig(rank=4, alpha=4), *args[1:])
     assert whole.progress.losses != plain.progress.losses            # the dropouts did something
-    calls = {"n": 0}
-
-    def cancel_at_step_3():
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Cancelled()
-
-    def keep(progress, state, exc):
-        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
-
-    with pytest.raises(Cancelled):
-        train_lora(fresh_model(), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_3, on_abort=keep))
-    resumed = train_lora(fresh_model(), cache, *args, resume=load_state(latest_state_folder(str(tmp_path / "run"))))
+    resumed = train_lora(fresh_model(), cache, *args, resume=cancelled_state(tmp_path, cache, args, at_check=3))
     assert resumed.progress.losses == whole.progress.losses
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
 
@@ -375,26 +370,12 @@ def test_a_step_fp16_loss_scaling_skips_does_not_advance_the_schedule(tmp_path, 
 
 
 def test_a_run_with_gradient_accumulation_resumes_exactly(tmp_path, tiny_vae_encoder):
-    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
-
     cache = small_cache(tmp_path, tiny_vae_encoder)
     args = (NetworkConfig(rank=2, network_dropout=0.1), OptimizerConfig(learning_rate=2e-3),
             TrainSettings(epochs=3, batch_size=1, seed=4, gradient_accumulation_steps=4))   # 6 batches: 2 steps
     whole = train_lora(fresh_model(), cache, *args)
     assert whole.progress.step == 6
-    calls = {"n": 0}
-
-    def cancel_at_step_4():
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Cancelled()
-
-    def keep(progress, state, exc):
-        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
-
-    with pytest.raises(Cancelled):
-        train_lora(fresh_model(), cache, *args, TrainCallbacks(check_cancel=cancel_at_step_4, on_abort=keep))
-    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    state = cancelled_state(tmp_path, cache, args, at_check=4)
     assert state.step == 3                                    # mid-epoch, after a full accumulation group
     resumed = train_lora(fresh_model(), cache, *args, resume=state)
     assert resumed.progress.losses == whole.progress.losses
@@ -477,7 +458,6 @@ def test_step_counts_are_kohyas_with_repeats_regularization_batch_and_accumulati
 @pytest.mark.parametrize("name, lr", [("Prodigy", 1.0), ("DAdaptAdam", 1.0), ("AdamW8bit", 1e-3), ("Adafactor", 1e-3),
                                       ("AdamW", 1e-3)])
 def test_effective_lr_is_logged_per_step_and_resumes(tmp_path, tiny_vae_encoder, name, lr):
-    from trainer.resume import latest_state_folder, load_state, save_state, state_folder_name
 
     cache = small_cache(tmp_path, tiny_vae_encoder)
     args = (NetworkConfig(rank=4, alpha=2),
@@ -490,19 +470,7 @@ def test_effective_lr_is_logged_per_step_and_resumes(tmp_path, tiny_vae_encoder,
         assert effective != whole.progress.learning_rates           # d * lr, not the scheduled lr
     elif name != "Adafactor":
         assert effective == whole.progress.learning_rates
-    calls = {"n": 0}
-
-    def cancel_at_step_5():
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Cancelled()
-
-    def keep(progress, state, exc):
-        save_state(str(tmp_path / "run" / state_folder_name(state.step)), state)
-
-    with pytest.raises(Cancelled):
-        train_lora(fresh_model(), cache, *args, settings, TrainCallbacks(check_cancel=cancel_at_step_5, on_abort=keep))
-    state = load_state(latest_state_folder(str(tmp_path / "run")))
+    state = cancelled_state(tmp_path, cache, (*args, settings), at_check=5)
     resumed = train_lora(fresh_model(), cache, *args, settings, resume=state)
     assert resumed.progress.losses == whole.progress.losses and resumed.progress.effective_learning_rates == effective
     assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)

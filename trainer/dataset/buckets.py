@@ -125,3 +125,17 @@ def select_bucket(settings: BucketSettings, width: int, height: int) -> BucketCh
         bucket = (resized[0] - resized[0] % step, resized[1] - resized[1] % step)
     ar_error = bucket[0] / bucket[1] - aspect if bucket[1] else math.inf
     return BucketChoice(bucket, resized, ar_error)
+
+
+def fitted_box(bucket: Size, original_size: Size) -> tuple[float, float, float, float]:
+    """kohya's BucketManager.get_crop_ltrb (Stability AI's convention): (left, top, right, bottom) of the image
+    fitted inside the bucket, unrounded as kohya keeps them (the npz cache and SDXL's size conditioning round
+    where kohya does)."""
+    bucket_w, bucket_h = bucket
+    image_ar = original_size[0] / original_size[1]
+    if bucket_w / bucket_h > image_ar:
+        width, height = bucket_h * image_ar, bucket_h
+    else:
+        width, height = bucket_w, bucket_w / image_ar
+    left, top = (bucket_w - width) // 2, (bucket_h - height) // 2
+    return left, top, left + width, top + height

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional
 
-from .lora import Dropouts, LoRAModule
+from .lora import Dropouts, LoRAModule, apply_weight_delta, conv_arguments
 
 
 def column_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -40,10 +39,7 @@ class DoRAModule(LoRAModule):
             magnitude = column_norm(layer.weight.detach().float())
         self.dora_scale = nn.Parameter(magnitude.to("cpu"))
         self.base_layer = (layer,)        # a tuple, so the frozen layer is not registered as a submodule
-        if isinstance(layer, nn.Conv2d):
-            self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-        else:
-            self.conv = None
+        self.conv = conv_arguments(layer)
 
     @torch.no_grad()
     def start_from_base(self) -> None:
@@ -63,11 +59,7 @@ class DoRAModule(LoRAModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.delta_weight() * self.multiplier
-        if not torch.is_autocast_enabled(x.device.type):
-            delta = delta.to(x.dtype)
-        if self.conv is not None:
-            return functional.conv2d(x, delta, None, **self.conv)
-        return functional.linear(x, delta)
+        return apply_weight_delta(x, delta, self.conv)
 
     def saved_parameters(self) -> dict[str, nn.Parameter]:
         return {**super().saved_parameters(), "dora_scale": self.dora_scale}

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional
 
-from .lora import Dropouts
+from .lora import Dropouts, apply_weight_delta, conv_arguments
 
 
 class LoHaModule(nn.Module):
@@ -23,7 +22,7 @@ class LoHaModule(nn.Module):
         super().__init__()
         if isinstance(layer, nn.Conv2d):
             fan_in = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-            self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            self.conv = conv_arguments(layer)
         elif isinstance(layer, nn.Linear):
             fan_in, self.conv = layer.in_features, None
         else:
@@ -54,11 +53,7 @@ class LoHaModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.delta_weight() * self.multiplier
-        if not torch.is_autocast_enabled(x.device.type):
-            delta = delta.to(x.dtype)
-        if self.conv is not None:
-            return functional.conv2d(x, delta, None, **self.conv)
-        return functional.linear(x, delta)
+        return apply_weight_delta(x, delta, self.conv)
 
     def saved_parameters(self) -> dict[str, nn.Parameter]:
         return {"hada_w1_a": self.hada_w1_a, "hada_w1_b": self.hada_w1_b, "hada_w2_a": self.hada_w2_a,

@@ -55,9 +55,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional
 
-from .lora import Dropouts
+from .lora import Dropouts, apply_weight_delta, conv_arguments
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -90,7 +89,7 @@ class LoKrModule(nn.Module):
         if isinstance(layer, nn.Conv2d):
             in_dim = layer.in_channels // layer.groups
             kernel = tuple(layer.kernel_size)
-            self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            self.conv = conv_arguments(layer)
         elif isinstance(layer, nn.Linear):
             in_dim, kernel, self.conv = layer.in_features, (), None
         else:
@@ -148,11 +147,7 @@ class LoKrModule(nn.Module):
         if self.training and drop.rank > 0:                    # LyCORIS: output rows of dW, no rescale
             keep = drop.rand((delta.shape[0],), delta.device) > drop.rank
             delta = delta * keep.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
-        if not torch.is_autocast_enabled(x.device.type):
-            delta = delta.to(x.dtype)
-        if self.conv is not None:
-            return functional.conv2d(x, delta, None, **self.conv)
-        return functional.linear(x, delta)
+        return apply_weight_delta(x, delta, self.conv)
 
     def saved_parameters(self) -> dict[str, nn.Parameter]:
         saved = {}

@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 
 class Dropouts:
@@ -27,6 +28,23 @@ class Dropouts:
 
     def rand(self, shape, device) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator).to(device)
+
+
+def conv_arguments(layer: nn.Module) -> dict | None:
+    """F.conv2d's arguments for a weight delta applied like `layer` (None for a Linear layer)."""
+    if isinstance(layer, nn.Conv2d):
+        return dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+    return None
+
+
+def apply_weight_delta(x: torch.Tensor, delta: torch.Tensor, conv: dict | None) -> torch.Tensor:
+    """What a layer with weight `delta` (no bias) outputs for `x`: the update of the modules that build a whole
+    weight delta (LoHa, LoKr, DoRA); under autocast the delta keeps its dtype and autocast casts."""
+    if not torch.is_autocast_enabled(x.device.type):
+        delta = delta.to(x.dtype)
+    if conv is not None:
+        return functional.conv2d(x, delta, None, **conv)
+    return functional.linear(x, delta)
 
 
 class LoRAModule(nn.Module):

@@ -5,11 +5,12 @@ the optimizer and LR schedule for a run; the schedules themselves are `trainer/s
 """
 
 from .arguments import Argument, parse_extra_arguments
-from .build import build_optimizer, effective_learning_rate, effective_learning_rates, first_group_lr
+from .build import (build_optimizer, effective_learning_rate, effective_learning_rate_reader, effective_learning_rates,
+                    first_group_lr)
 from .config import WIDGET_ARGUMENTS, OptimizerConfig
 from .packages import Package, package_problem
 from .table import OPTIMIZERS, OptimizerType
 
 __all__ = ["Argument", "OPTIMIZERS", "OptimizerConfig", "OptimizerType", "Package", "WIDGET_ARGUMENTS",
-           "build_optimizer", "effective_learning_rate", "effective_learning_rates", "first_group_lr",
-           "package_problem", "parse_extra_arguments"]
+           "build_optimizer", "effective_learning_rate", "effective_learning_rate_reader", "effective_learning_rates",
+           "first_group_lr", "package_problem", "parse_extra_arguments"]

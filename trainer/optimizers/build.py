@@ -75,8 +75,14 @@ def effective_learning_rate(optimizer: torch.optim.Optimizer, group_index: int =
     """The step size a group actually took in the last step, chosen by the optimizer's class: d * lr for
     DAdaptation and Prodigy (as kohya logs `lr/d*lr`), Adafactor's own relative step, else the scheduled lr.
     Read it after `optimizer.step()` and before `scheduler.step()`."""
-    group = optimizer.param_groups[group_index]
-    return _effective_function(optimizer)(optimizer, group)
+    return effective_learning_rate_reader(optimizer)(group_index)
+
+
+def effective_learning_rate_reader(optimizer: torch.optim.Optimizer):
+    """effective_learning_rate for one optimizer, its class looked up once (the training loop reads it every
+    step): a function of the group index."""
+    function = _effective_function(optimizer)
+    return lambda group_index=0: function(optimizer, optimizer.param_groups[group_index])
 
 
 def effective_learning_rates(optimizer: torch.optim.Optimizer) -> list[float]:
