@@ -9,7 +9,9 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     from .nodes import LoRATrainerExtension
+    from .nodes.comfy_host import attach_live_view
 
+    attach_live_view()      # here, not in ComfyExtension.on_load, which ComfyUI v0.3.64 never calls
     return LoRATrainerExtension()
 
 

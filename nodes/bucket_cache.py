@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..trainer.dataset.buckets import BucketSettings
 from ..trainer.dataset.images import RESIZE_INTERPOLATIONS
@@ -77,4 +77,6 @@ class LoRABucketCacheLatents(io.ComfyNode):
                                         cache_mode=cache, fallback_folder=latent_cache_fallback_folder())
             finally:
                 encoder.release()
-        return io.NodeOutput(latents, ui=ui.PreviewText(latents.describe()))
+        # the text and the bucket histogram on the node (web/lora_trainer.js draws the bars)
+        buckets = [[width, height, count] for (width, height), count in sorted(latents.bucket_counts().items())]
+        return io.NodeOutput(latents, ui={"text": [latents.describe()], "lora_trainer_buckets": buckets})

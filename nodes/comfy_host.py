@@ -5,12 +5,15 @@ Imports of ComfyUI modules happen inside functions, so importing the pack never 
 
 from __future__ import annotations
 
+import io
 import os
 
-from ..trainer.errors import ConfigError, DatasetError
+from ..trainer.errors import ConfigError
+from ..trainer.paths import LATENT_CACHE_FOLDER, checked_run_name, is_inside, resolve_folder
 
 RUN_DATA_FOLDER = "lora-trainer"
 EVENT_PROGRESS = "lora_trainer.progress"
+LIVE_ATTRIBUTE = "lora_trainer_live"       # the LiveRuns the server holds (nodes/live_view.py)
 
 
 def loras_folder() -> str:
@@ -22,10 +25,11 @@ def loras_folder() -> str:
 
 
 def run_data_folder(run_name: str) -> str:
-    """output/lora-trainer/<run name>/: the run log and states; never the loras folder."""
+    """output/lora-trainer/<run name>/: the run log and states; never the loras folder. ConfigError for a name
+    that is not one plain run name (so it can never point elsewhere)."""
     import folder_paths
 
-    return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, run_name)
+    return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, checked_run_name(run_name, "run name"))
 
 
 def lora_file_names() -> list[str]:
@@ -36,11 +40,23 @@ def lora_file_names() -> list[str]:
 
 
 def lora_file_path(name: str) -> str:
-    """The full path of a file LoraLoader lists, with an actionable error when it is gone."""
+    """The full path of a file LoraLoader lists, checked to be a file in one of ComfyUI's loras folders, with an
+    actionable error when it is not (or is gone).
+
+    Only a name ComfyUI lists is taken: Configure LoRA's validate_inputs takes **values, which makes ComfyUI skip
+    its own "value in the combo's list" check, so a prompt sent to the API could carry any string. Where the file
+    lies is judged by its path as listed, not by a symlink's target: ComfyUI lists and loads linked files in the
+    loras folder (shared model folders), and the user put the link there.
+    """
     import folder_paths
 
+    folders = folder_paths.get_folder_paths("loras")
+    if name not in lora_file_names():
+        raise ConfigError(f"continue_from {name!r} is not one of the LoRA files in ComfyUI's loras folders "
+                          f"({', '.join(folders)}); pick one from the list, or (none) to start a fresh LoRA.")
     path = folder_paths.get_full_path("loras", name)
-    if path is None:
+    if path is None or not os.path.isfile(path) or \
+            not any(is_inside(path, folder, follow_links=False) for folder in folders):
         raise ConfigError(f"The LoRA {name!r} is not in ComfyUI's loras folders any more; pick another one, or "
                           "(none) to start a fresh LoRA.")
     return path
@@ -50,21 +66,15 @@ def latent_cache_fallback_folder() -> str:
     """output/lora-trainer/cache/: disk-cached latents of image folders that cannot be written to."""
     import folder_paths
 
-    return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, "cache")
+    return os.path.join(folder_paths.get_output_directory(), RUN_DATA_FOLDER, LATENT_CACHE_FOLDER)
 
 
-def resolve_dataset_folder(path: str) -> str:
-    """An absolute path as is; a relative one under ComfyUI's input folder."""
+def resolve_dataset_folder(path: str, kind: str = "Dataset folder") -> str:
+    """The existing folder a user typed, symlinks resolved: absolute (any folder, as DESIGN.md allows), or
+    relative to ComfyUI's input folder and staying inside it. DatasetError saying what to type otherwise."""
     import folder_paths
 
-    cleaned = path.strip().strip('"').strip("'")
-    if not cleaned:
-        raise DatasetError("No dataset folder given. Type a folder path: absolute, or relative to ComfyUI's "
-                           f"input folder ({folder_paths.get_input_directory()}).")
-    cleaned = os.path.expanduser(cleaned)
-    if os.path.isabs(cleaned):
-        return os.path.normpath(cleaned)
-    return os.path.normpath(os.path.join(folder_paths.get_input_directory(), cleaned))
+    return resolve_folder(path, folder_paths.get_input_directory(), kind, "ComfyUI's input folder")
 
 
 def check_cancel() -> None:
@@ -81,7 +91,8 @@ def is_cancel(exc: BaseException) -> bool:
 
 
 class ProgressReporter:
-    """ComfyUI progress bar plus a text line and a websocket event per step."""
+    """ComfyUI progress bar plus a text line and a websocket event per step; the events and the previews are
+    also kept in the server's LiveRuns, for a page that opens mid-run."""
 
     def __init__(self, node_id: str | None, total: int):
         import comfy.utils
@@ -98,11 +109,37 @@ class ProgressReporter:
         if text:
             server.send_progress_text(text, self.node_id)
         if event is not None:
+            live = getattr(server, LIVE_ATTRIBUTE, None)
+            if live is not None:
+                live.record(str(self.node_id), event)
+            if "history" in event:     # a resumed run's earlier points: the page asks the route for them
+                event = {key: value for key, value in event.items() if key != "history"}
             server.send_sync(EVENT_PROGRESS, {"node": self.node_id, **event}, None)
 
-    def preview(self, value: int, image, max_size: int = 512) -> None:
-        """An image on the node, as a sampler's live preview is shown (ComfyUI's progress-bar preview)."""
-        self.bar.update_absolute(value, self.total, ("JPEG", image, max_size))
+    def preview(self, value: int, image) -> None:
+        """An image shown on the node (the last in-training preview), kept in memory for the preview route."""
+        server = _server()
+        if server is None or self.node_id is None:
+            return
+        live = getattr(server, LIVE_ATTRIBUTE, None)
+        if live is not None:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=90)
+            live.preview(str(self.node_id), buffer.getvalue())
+        self.update(value, None, {"step": value, "preview_step": value})
+
+
+def attach_live_view() -> None:
+    """Gives the running server its LiveRuns and the pack's two GET routes (once; a missing server is a test
+    or a script importing the pack, which needs neither)."""
+    from .live_view import LiveRuns, register_routes
+
+    server = _server()
+    if server is None or getattr(server, LIVE_ATTRIBUTE, None) is not None:
+        return
+    live = LiveRuns()
+    setattr(server, LIVE_ATTRIBUTE, live)
+    register_routes(server.routes, live)
 
 
 def _server():

@@ -8,6 +8,7 @@ import os
 from comfy_api.latest import io, ui
 
 from ..trainer.dataset import load_dataset_folder
+from ..trainer.errors import TrainerError
 from .subset_inputs import augmentation_inputs, caption_option_inputs, caption_options_from
 from .comfy_host import resolve_dataset_folder
 from .wire_types import CATEGORY, LoraDataset
@@ -17,13 +18,17 @@ def folder_signature(root: str) -> str:
     """Names, sizes and modification times of the folder's files, so edits re-run the node.
 
     The latent cache's own files (.npz, and half-written .partial-*) are left out: writing them must not
-    make ComfyUI re-run the dataset and everything after it.
+    make ComfyUI re-run the dataset and everything after it. Linked N_name folders are followed, as the
+    dataset reads them; only the two levels the dataset reads are walked, so a link loop cannot trap it.
     """
     digest = hashlib.sha256()
     if not os.path.isdir(root):
         return "missing:" + root
-    for current, folders, files in os.walk(root):
+    for current, folders, files in os.walk(root, followlinks=True):
         folders.sort()
+        if os.path.relpath(current, root) != ".":
+            digest.update(f"{os.path.relpath(current, root)}/ {' | '.join(folders)}\n".encode())
+            folders.clear()                 # folders inside N_name folders are reported by name, never read
         for name in sorted(files):
             if name.endswith(".npz") or name.startswith(".partial-"):
                 continue
@@ -75,16 +80,21 @@ class LoRALoadDatasetFolder(io.ComfyNode):
         if not all(isinstance(value, str) for value in (folder, caption_extension, regularization_folder, repeats)):
             # a linked input arrives here as None, before its node ran: always re-read the folder
             return float("nan")
-        signature = folder_signature(resolve_dataset_folder(folder)) + caption_extension
-        if regularization_folder.strip():
-            signature += "|reg:" + folder_signature(resolve_dataset_folder(regularization_folder))
+        try:
+            signature = folder_signature(resolve_dataset_folder(folder)) + caption_extension
+            if regularization_folder.strip():
+                signature += "|reg:" + folder_signature(resolve_dataset_folder(regularization_folder,
+                                                                               "Regularization folder"))
+        except TrainerError:        # a folder that cannot be used: run, so that execute shows why
+            return float("nan")
         # caption settings are ordinary widget values: the executor's input signature covers them
         return signature + "|repeats:" + repeats
 
     @classmethod
     def execute(cls, folder, caption_extension, regularization_folder="", repeats="", add_to=None, flip_aug=False,
                 alpha_mask=False, random_crop=False, color_aug=False, **caption_settings) -> io.NodeOutput:
-        regularization = resolve_dataset_folder(regularization_folder) if regularization_folder.strip() else ""
+        regularization = (resolve_dataset_folder(regularization_folder, "Regularization folder")
+                          if regularization_folder.strip() else "")
         dataset = load_dataset_folder(resolve_dataset_folder(folder), caption_extension, regularization, repeats,
                                       caption_options_from(caption_settings), flip_aug, alpha_mask, random_crop,
                                       color_aug)

@@ -27,9 +27,11 @@ class LoRASaveSafetensors(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 TrainedLora.Input("lora"),
+                # sub-folders are allowed, as LoraLoader lists them; the name is checked to stay inside
+                # models/loras (trainer/paths.py: checked_lora_name)
                 io.String.Input("file_name", default="",
-                                tooltip="Name inside models/loras (sub-folders allowed); "
-                                        "empty = the run's output name."),
+                                tooltip="Name inside models/loras; a sub-folder such as 'people/anna' is allowed, "
+                                        "'..' and absolute paths are not. Empty = the run's output name."),
                 io.Combo.Input("precision", options=["fp16", "bf16", "fp32"], default="fp16",
                                tooltip="Tensor precision in the file (kohya_ss GUI default fp16)."),
                 io.String.Input("comment", default="", multiline=True, optional=True,

@@ -150,7 +150,8 @@ class LoRATrain(io.ComfyNode):
                 LoraNetwork.Input("network"),
                 LoraOptimizer.Input("optimizer"),
                 io.String.Input("output_name", default="my_lora",
-                                tooltip="Name of the run and its files in models/loras; a taken name gets _2, _3..."),
+                                tooltip="Name of the run and its files in models/loras: a plain name, no folders (Save "
+                                        "Safetensors' file_name may have one); a taken name gets _2, _3..."),
                 io.Int.Input("epochs", default=10, min=0, max=10000,
                              tooltip="The run's length in epochs (kohya's max_train_epochs); 0 = by max_steps."),
                 io.Int.Input("max_steps", default=0, min=0, max=10_000_000,

@@ -6,7 +6,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from . import __version__
 from .atomic_files import write_atomic
 from .errors import SaveError
 from .families import FAMILIES
+from .paths import checked_lora_name as checked_file_name, is_inside
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -69,32 +69,14 @@ def with_save_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
     return {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
 
 
-def checked_file_name(name: str) -> str:
-    """A LoRA file name relative to the loras folder: sub-folders allowed, nothing that leaves it."""
-    cleaned = name.strip().replace("\\", "/")
-    if cleaned.lower().endswith(".safetensors"):
-        cleaned = cleaned[: -len(".safetensors")]
-    parts = [p for p in cleaned.split("/") if p not in ("", ".")]
-    if not parts:
-        raise SaveError("The LoRA file name is empty; type a name such as 'my_character'.")
-    if os.path.isabs(name.strip()) or re.match(r"^[A-Za-z]:", cleaned) or ".." in parts:
-        raise SaveError(f"The file name {name!r} points outside the loras folder; use a plain name such as "
-                        "'my_character' or a sub-folder such as 'characters/my_character'.")
-    bad = set(re.findall(r'[<>:"|?*\x00-\x1f]', "/".join(parts)))
-    if bad:
-        raise SaveError(f"The file name {name!r} contains {' '.join(sorted(bad))}, which file systems refuse; "
-                        "remove them.")
-    return "/".join(parts)
-
-
 def unused_path(folder: str, name: str, suffix: str = ".safetensors") -> str:
     """`folder/name+suffix`, or `name_2`, `name_3`, ... when taken: never silently overwrite."""
     base = os.path.join(folder, checked_file_name(name))
-    real_folder = os.path.realpath(folder)
-    if os.path.commonpath([real_folder, os.path.realpath(base)]) != real_folder:
-        raise SaveError(f"The file name {name!r} resolves outside {folder}; choose another name.")
+    if not is_inside(os.path.dirname(base), folder):      # a sub-folder that is a link to elsewhere
+        raise SaveError(f"The file name {name!r} resolves outside {folder} (a sub-folder there is a link to "
+                        f"{os.path.realpath(os.path.dirname(base))}); choose another name.")
     candidate, counter = base + suffix, 1
-    while os.path.exists(candidate):
+    while os.path.lexists(candidate):       # a dangling link is taken too: never replace what is there
         counter += 1
         candidate = f"{base}_{counter}{suffix}"
     return candidate

@@ -24,12 +24,13 @@ from .families import FAMILIES, Family
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .loop import TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora, training_precision
-from .lora_file import TrainedLora, checked_file_name, new_session_id, save_lora
+from .lora_file import TrainedLora, new_session_id, save_lora
 from .loss_plot import draw_loss_plot
 from .metadata import training_metadata
 from .networks import NetworkConfig
 from .optim import OptimizerConfig
-from .plan import TrainSettings, plan_run
+from .paths import checked_run_name
+from .plan import TrainPlan, TrainSettings, plan_run
 from .resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name
 
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
@@ -62,9 +63,12 @@ class SessionResult:
     result: TrainResult
 
 
+AVERAGE_WINDOW = 50
+
+
 def unused_run_name(folders: RunFolders, name: str) -> str:
     """The output name, or name_2, name_3, ... when a LoRA file or run folder already uses it."""
-    base = checked_file_name(name)
+    base = checked_run_name(name)
     candidate, counter = base, 1
     while _run_name_taken(folders, candidate):
         counter += 1
@@ -144,13 +148,20 @@ class RunRecorder:
 
 
 def previous_run_log(folders: RunFolders, run_name: str) -> dict:
-    """A run's run.json, or {} (a run killed before its first save has none)."""
+    """A run's run.json, or {} (a run killed before its first save has none). `run_name` is a checked name or
+    one of the run folder's own entries."""
     try:
-        with open(os.path.join(folders.run_folder(checked_file_name(run_name)), "run.json"),
-                  encoding="utf-8") as handle:
+        with open(os.path.join(folders.run_folder(run_name), "run.json"), encoding="utf-8") as handle:
             return json.load(handle)
     except (OSError, ValueError):
         return {}
+
+
+def is_run_name(name: str) -> bool:
+    try:
+        return checked_run_name(name) == name
+    except ConfigError:
+        return False
 
 
 def resumable_runs(folders: RunFolders) -> list[tuple[str, int]]:
@@ -159,16 +170,38 @@ def resumable_runs(folders: RunFolders) -> list[tuple[str, int]]:
         return []
     found = []
     for name in os.listdir(folders.runs):
+        if not is_run_name(name):                   # cache/, or a folder someone else put there
+            continue
         state = latest_state_folder(folders.run_folder(name))
         if state is not None and previous_run_log(folders, name).get("status") != "finished":
             found.append((os.path.getmtime(state), name, int(os.path.basename(state).split("-")[-1])))
     return [(name, step) for _, name, step in sorted(found, reverse=True)]
 
 
+def resumable_runs_text(folders: RunFolders) -> str:
+    return ", ".join(f"{run} (step {step})" for run, step in resumable_runs(folders)[:8]) or "none"
+
+
+def checked_resume_name(folders: RunFolders, run_name: str) -> str:
+    """resume_from as a run name whose folder, links resolved, lies directly in the runs folder: resuming reads
+    the state there and writes into it."""
+    try:
+        name = checked_run_name(run_name, "resume_from")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} Runs that can resume: {resumable_runs_text(folders)}.") from None
+    folder = folders.run_folder(name)
+    resolved = os.path.realpath(folder)
+    if os.path.lexists(folder) and not (os.path.isdir(resolved)
+                                        and os.path.dirname(resolved) == os.path.realpath(folders.runs)):
+        raise ConfigError(f"resume_from {run_name!r}: {folder} is not a run folder of this trainer (it is a file, "
+                          f"or a link to {resolved}). Runs that can resume: {resumable_runs_text(folders)}.")
+    return name
+
+
 def resumable_state(folders: RunFolders, run_name: str) -> TrainState:
     """The newest saved state of a run, with an actionable error (naming the runs that have one) when there is
     none."""
-    name = checked_file_name(run_name)
+    name = checked_resume_name(folders, run_name)
     log = previous_run_log(folders, name)
     if log.get("status") == "finished":
         raise ConfigError(f"Run {name!r} finished at step {log.get('step')}: there is nothing to resume. To train "
@@ -176,11 +209,31 @@ def resumable_state(folders: RunFolders, run_name: str) -> TrainState:
                           "(or its last saved file).")
     folder = latest_state_folder(folders.run_folder(name))
     if folder is None:
-        others = ", ".join(f"{run} (step {step})" for run, step in resumable_runs(folders)[:8]) or "none"
+        others = resumable_runs_text(folders)
         raise ConfigError(f"Run {name!r} has no saved state in {folders.run_folder(name)}. A state is saved at each "
                           "intermediate save and when a run is cancelled or stops on an error; clear resume_from to "
                           f"start a new run. Runs that can resume: {others}.")
     return load_state(folder)
+
+
+def average_loss(losses: list[float]) -> float:
+    """The moving average the progress line and the chart show: the last AVERAGE_WINDOW steps."""
+    recent = losses[-AVERAGE_WINDOW:]
+    return sum(recent) / len(recent)
+
+
+def start_event(run_name: str, plan: TrainPlan, resume: TrainState | None) -> dict:
+    """The progress event that starts a run's chart; a resumed run's chart starts with the points it had."""
+    event = {"started": True, "run": run_name, "step": resume.step if resume else 0, "total": plan.total_steps,
+             "epoch": (resume.step // plan.steps_per_epoch) if resume else 0, "epochs": plan.epochs}
+    if resume and resume.losses:
+        losses = list(resume.losses)
+        averages = [average_loss(losses[:count]) for count in range(1, len(losses) + 1)]
+        effective = list(resume.effective_learning_rates) or list(resume.learning_rates)
+        event["history"] = {"steps": list(range(1, len(losses) + 1)), "losses": losses, "averages": averages,
+                            "lrs": list(resume.learning_rates), "effective": effective,
+                            "validation": [list(pair) for pair in resume.validation_losses]}
+    return event
 
 
 def run_session(trainable: TrainableModel, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
@@ -202,7 +255,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
     denoiser = trainable.denoiser
     precision = training_precision(settings.precision, denoiser.device, denoiser.compute_dtype)
     resume = resumable_state(folders, resume_from) if resume_from.strip() else None
-    run_name = checked_file_name(resume_from) if resume else unused_run_name(folders, settings.output_name)
+    run_name = checked_run_name(resume_from, "resume_from") if resume else unused_run_name(folders,
+                                                                                              settings.output_name)
     session_id = new_session_id()
     prediction_type = denoiser.prediction_type
     fp8_base = any(p.dtype in FP8_DTYPES for p in trainable.frozen_root.parameters())
@@ -224,14 +278,15 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                            + f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = progress(plan.total_steps) if progress else _NoProgress()
+    reporter.update(resume.step if resume else 0, f"run {run_name}: {plan.total_steps} steps",
+                    start_event(run_name, plan, resume))
 
     session = {"first_step": None, "started": None}
 
     def on_step(progress: TrainProgress, total: int) -> None:
         loss, lr = progress.losses[-1], progress.learning_rates[-1]
         effective = progress.effective_learning_rates[-1] if progress.effective_learning_rates else lr
-        recent = progress.losses[-50:]
-        average = sum(recent) / len(recent)
+        average = average_loss(progress.losses)
         if session["started"] is None:              # speed from this session's steps (a resume starts later)
             session["first_step"], session["started"] = progress.step - 1, time.perf_counter()
         done = progress.step - session["first_step"]
@@ -241,7 +296,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                 + (f" (effective {effective:.3g})" if effective != lr else "")
                 + f"  {speed:.2f} step/s  {left / 60:.1f} min left")
         event = {"step": progress.step, "total": total, "loss": loss, "average_loss": average, "lr": lr,
-                 "effective_lr": effective, "steps_per_second": speed, "seconds_left": left}
+                 "effective_lr": effective, "steps_per_second": speed, "seconds_left": left,
+                 "epoch": -(-progress.step // plan.steps_per_epoch), "epochs": plan.epochs}
         if progress.validation_losses and progress.validation_losses[-1][0] == progress.step:
             event["validation_loss"] = progress.validation_losses[-1][1]
         reporter.update(progress.step, text, event)

@@ -1,110 +1,321 @@
-// Live loss on the Train node: listens for the pack's "lora_trainer.progress" events and draws
-// the recent loss curve (and its average, the validation loss and the effective lr) under the node's widgets.
+// The pack's views in ComfyUI's frontend, each a DOM widget on its node (so they draw the same in the classic
+// canvas and in the newer Vue node rendering, where a node's own canvas drawing is not called):
+// - Train: a live chart of the loss (and its moving average, the validation loss), the scheduled and the
+//   effective learning rate, step / epoch / time left, and the last in-training preview. The server keeps the
+//   run so far (GET /lora_trainer/live), so a page opened or reloaded mid-run draws it all.
+// - Load Dataset Folder and Bucket & Cache Latents: their summary, and the bucket histogram.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const HISTORY = 500;
-const lossesByNode = new Map();
+const EVENT = "lora_trainer.progress";
+const MAX_POINTS = 2000;             // as the server's copy (nodes/live_view.py): halved past this, shape kept
+const SERIES = ["steps", "losses", "averages", "lrs", "effective"];
+const COLORS = { loss: "#6cf", average: "#fff", validation: "#f55", lr: "#b9f", effective: "#6d6" };
+const CHART_HEIGHT = 130;
+const PREVIEW_HEIGHT = 220;
 
-const CHART_HEIGHT = 60;
-const TEXT_ROOM = 40; // the frontend's own progress text sits right under the widgets, above the chart
+const runs = new Map();              // node id -> the run its chart draws
+const views = new Set();             // the views on the canvas now
 
-// y just below the node's ordinary widgets (DOM widgets such as the progress text are laid out apart)
-function chartTop(node) {
-  let bottom = 0;
-  for (const widget of node.widgets ?? []) {
-    if (widget.element) continue;
-    const y = widget.last_y ?? widget.y ?? 0;
-    const height = widget.computeSize?.(node.size[0])?.[1] ?? 20;
-    bottom = Math.max(bottom, y + height);
+const newRun = (from = {}) => ({
+  run: from.run ?? "", total: from.total ?? 0, epoch: from.epoch ?? 0, epochs: from.epochs ?? 0,
+  seconds_left: from.seconds_left, steps_per_second: from.steps_per_second, preview_step: from.preview_step,
+  validation: (from.validation ?? []).map((pair) => [...pair]),
+  ...Object.fromEntries(SERIES.map((name) => [name, [...(from[name] ?? [])]])),
+});
+
+// a node inside a subgraph runs as "<subgraph node>:<its id>"; the canvas node knows only the last part
+const nodeKey = (id) => String(id).split(":").pop();
+
+function record(key, event) {
+  let run = runs.get(key);
+  if (event.started || !run) run = newRun(event);
+  for (const name of ["total", "epoch", "epochs", "seconds_left", "steps_per_second"]) {
+    if (event[name] !== undefined) run[name] = event[name];
   }
-  return bottom + 6;
+  if (event.validation_loss !== undefined) run.validation.push([event.step, event.validation_loss]);
+  if (event.loss !== undefined) {
+    run.steps.push(event.step);
+    run.losses.push(event.loss);
+    run.averages.push(event.average_loss ?? event.loss);
+    run.lrs.push(event.lr ?? 0);
+    run.effective.push(event.effective_lr ?? event.lr ?? 0);
+    if (run.steps.length > MAX_POINTS) for (const name of SERIES) run[name] = run[name].filter((_, i) => i % 2 === 0);
+  }
+  if (event.preview_step !== undefined) run.preview_step = event.preview_step;
+  runs.set(key, run);
 }
 
-function drawLoss(node, ctx) {
-  const run = lossesByNode.get(String(node.id));
-  const losses = run?.losses;
-  if (!losses || losses.length < 2) return;
-  const width = node.size[0] - 20;
-  const height = CHART_HEIGHT;
-  const top = chartTop(node) + TEXT_ROOM;
-  if (node.size[1] < top + height + 10) node.setSize([node.size[0], top + height + 10]);
+async function loadRunsSoFar() {
+  try {
+    const response = await api.fetchApi("/lora_trainer/live", { cache: "no-store" });
+    if (!response.ok) return;
+    const { runs: saved } = await response.json();
+    for (const [key, run] of Object.entries(saved ?? {})) {
+      const local = runs.get(nodeKey(key));
+      if (local && local.run && local.run !== run.run) continue;      // a newer run started meanwhile
+      const merged = newRun(run);
+      merged.restored_points = merged.steps.length;
+      // events that arrived while the request was out are newer than the copy it returns: keep them
+      const lastSaved = merged.steps.length ? last(merged.steps) : -1;
+      (local?.steps ?? []).forEach((step, i) => {
+        if (step > lastSaved) for (const name of SERIES) merged[name].push(local[name][i]);
+      });
+      for (const pair of local?.validation ?? []) if (pair[0] > lastSaved) merged.validation.push(pair);
+      if (local?.preview_step !== undefined) merged.preview_step = local.preview_step;
+      runs.set(nodeKey(key), merged);
+    }
+    for (const view of views) view.refresh();
+  } catch (error) {
+    console.warn("comfyui-lora-trainer: could not load the runs so far", error);
+  }
+}
+
+function formatSeconds(seconds) {
+  if (seconds === undefined || !isFinite(seconds)) return "";
+  if (seconds < 90) return `${Math.round(seconds)} s left`;
+  if (seconds < 5400) return `${(seconds / 60).toFixed(1)} min left`;
+  return `${(seconds / 3600).toFixed(1)} h left`;
+}
+
+const last = (series) => series[series.length - 1];
+
+function canvasContext(canvas, height) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(120, canvas.clientWidth || canvas.parentElement?.clientWidth || 300);
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  return { ctx, width, height };
+}
+
+function drawChart(canvas, run) {
+  const { ctx, width, height } = canvasContext(canvas, CHART_HEIGHT);
+  ctx.fillStyle = "rgba(0,0,0,0.3)";
+  ctx.fillRect(0, 0, width, height);
+  if (!run || run.steps.length < 1) {
+    ctx.fillStyle = "#999";
+    ctx.font = "12px sans-serif";
+    ctx.fillText(run ? "waiting for the first step..." : "the loss chart appears here while training", 8, 20);
+    return;
+  }
+  const pad = { left: 6, right: 6, top: 8, bottom: 8 };
   const first = run.steps[0];
-  const last = run.steps[run.steps.length - 1];
+  const end = Math.max(run.total || 0, last(run.steps));
   const validation = run.validation.filter(([step]) => step >= first);
-  const values = losses.concat(validation.map(([, value]) => value));
+  const values = run.losses.concat(validation.map(([, value]) => value));
   const low = Math.min(...values);
   const high = Math.max(...values);
-  const span = high - low || 1;
-  const xOf = (step) => 10 + (width * (step - first)) / Math.max(1, last - first);
-  const yOf = (value) => top + height - ((value - low) / span) * height;
-  const line = (series, color) => {
+  const span = high - low || Math.abs(high) || 1;
+  const xOf = (step) => pad.left + ((width - pad.left - pad.right) * (step - first)) / Math.max(1, end - first);
+  const yScaled = (fraction) => height - pad.bottom - fraction * (height - pad.top - pad.bottom);
+  const yOf = (value) => yScaled((value - low) / span);
+  const polyline = (series, color, yFor, dash = []) => {
     ctx.strokeStyle = color;
+    ctx.setLineDash(dash);
     ctx.beginPath();
-    series.forEach((value, i) => {
-      if (i === 0) ctx.moveTo(xOf(run.steps[i]), yOf(value)); else ctx.lineTo(xOf(run.steps[i]), yOf(value));
-    });
+    series.forEach((value, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, xOf(run.steps[i]), yFor(value)));
     ctx.stroke();
+    ctx.setLineDash([]);
   };
-  ctx.save();
-  ctx.fillStyle = "rgba(0,0,0,0.25)";
-  ctx.fillRect(10, top, width, height);
-  line(losses, "#6cf");
-  line(run.averages, "#fff");
-  const rates = run.effective;
-  const peak = Math.max(...rates);
-  if (peak > 0) {                       // the effective lr, scaled to the chart's height (read its shape)
-    ctx.strokeStyle = "#6c6";
-    ctx.beginPath();
-    rates.forEach((value, i) => {
-      const x = xOf(run.steps[i]);
-      const y = top + height - (value / peak) * height;
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
-    });
-    ctx.stroke();
+  ctx.lineWidth = 1;
+  // each learning rate on its own scale (0 to its largest), drawn first so the loss sits on top: an adaptive
+  // optimizer's effective lr is far below its scheduled "lr 1.0", and both shapes matter
+  const peakRate = Math.max(...run.lrs);
+  const peakEffective = Math.max(...run.effective);
+  const adaptive = hasEffectiveLr(run);
+  if (peakRate > 0) polyline(run.lrs, COLORS.lr, (value) => yScaled(value / peakRate), [4, 3]);
+  if (adaptive && peakEffective > 0) {
+    polyline(run.effective, COLORS.effective, (value) => yScaled(value / peakEffective));
   }
-  ctx.fillStyle = "#f66";
-  for (const [step, value] of validation) ctx.fillRect(xOf(step) - 2, yOf(value) - 2, 4, 4);
-  ctx.fillStyle = "#ddd";
-  ctx.font = "11px sans-serif";
-  let caption = `loss ${losses[losses.length - 1].toFixed(4)} (avg ${run.averages[run.averages.length - 1].toFixed(4)})`;
-  if (validation.length) caption += `  validation ${validation[validation.length - 1][1].toFixed(4)}`;
-  if (peak > 0) caption += `  lr ${rates[rates.length - 1].toPrecision(3)}`;
-  ctx.fillText(caption, 14, top + 12);
-  ctx.restore();
+  polyline(run.losses, COLORS.loss, yOf);
+  ctx.lineWidth = 1.5;
+  polyline(run.averages, COLORS.average, yOf);
+  ctx.fillStyle = COLORS.validation;
+  for (const [step, value] of validation) ctx.fillRect(xOf(step) - 2.5, yOf(value) - 2.5, 5, 5);
+  ctx.fillStyle = "#bbb";
+  ctx.font = "10px sans-serif";
+  ctx.fillText(high.toPrecision(3), pad.left + 2, pad.top + 8);
+  ctx.fillText(low.toPrecision(3), pad.left + 2, height - pad.bottom - 2);
+  if (peakRate > 0) {
+    const label = `lr max ${peakRate.toPrecision(3)}` + (adaptive ? `, eff max ${peakEffective.toPrecision(3)}` : "");
+    ctx.fillText(label, width - pad.right - ctx.measureText(label).width - 2, pad.top + 8);
+  }
+}
+
+// an adaptive optimizer (DAdaptation, Prodigy) reports an effective lr other than the scheduled one
+const hasEffectiveLr = (run) => run.effective.some((value, i) => value !== run.lrs[i]);
+
+function swatch(color, text) {
+  return `<span style="color:${color}">\u25A0</span> ${text}`;
+}
+
+function captionLines(run) {
+  if (!run || !run.steps.length) return [run?.run ? `run ${run.run}` : "", ""];
+  const step = last(run.steps);
+  const place = [`step ${step}/${run.total}`];
+  if (run.epochs) place.push(`epoch ${run.epoch}/${run.epochs}`);
+  if (run.steps_per_second) place.push(`${run.steps_per_second.toFixed(2)} step/s`);
+  const left = step >= run.total ? "done" : formatSeconds(run.seconds_left);
+  if (left) place.push(left);
+  const values = [swatch(COLORS.loss, `loss ${last(run.losses).toFixed(4)}`),
+    swatch(COLORS.average, `avg ${last(run.averages).toFixed(4)}`)];
+  if (run.validation.length) values.push(swatch(COLORS.validation, `val ${last(run.validation)[1].toFixed(4)}`));
+  values.push(swatch(COLORS.lr, `lr ${last(run.lrs).toPrecision(3)}`));
+  if (hasEffectiveLr(run)) values.push(swatch(COLORS.effective, `eff ${last(run.effective).toPrecision(3)}`));
+  return [`${run.run ? run.run + " \u00B7 " : ""}${place.join(" \u00B7 ")}`, values.join("&nbsp; ")];
+}
+
+function element(tag, style, parent) {
+  const made = document.createElement(tag);
+  Object.assign(made.style, style);
+  parent?.append(made);
+  return made;
+}
+
+const PANEL_STYLE = { display: "flex", flexDirection: "column", gap: "3px", width: "100%", boxSizing: "border-box",
+  font: "11px sans-serif", color: "#ddd", overflow: "hidden", pointerEvents: "none" };
+
+// Train's view: chart, two caption lines, and the last preview
+function addTrainView(node) {
+  const root = element("div", PANEL_STYLE);
+  root.className = "lora-trainer-live";
+  const canvas = element("canvas", { width: "100%", height: `${CHART_HEIGHT}px`, borderRadius: "4px",
+    flex: "none" }, root);
+  const line = { whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis", lineHeight: "14px",
+    height: "14px", flex: "none" };
+  const where = element("div", line, root);
+  const values = element("div", line, root);
+  const preview = element("img", { width: "100%", height: `${PREVIEW_HEIGHT}px`, objectFit: "contain",
+    display: "none", flex: "none" }, root);
+  preview.className = "lora-trainer-preview";
+  preview.alt = "last in-training preview";
+  let pending = false;
+  const view = {
+    node,
+    // events can come faster than frames: draw at most once per frame
+    schedule() {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => {
+        pending = false;
+        view.refresh();
+      });
+    },
+    refresh() {
+      const key = nodeKey(node.id);
+      const run = runs.get(key);
+      root.dataset.restoredPoints = String(run?.restored_points ?? -1);
+      drawChart(canvas, run);
+      const [first, second] = captionLines(run);
+      where.textContent = first;
+      values.innerHTML = second;
+      root.dataset.points = String(run?.steps.length ?? 0);
+      root.dataset.step = String(run?.steps.length ? last(run.steps) : 0);
+      const previewStep = run?.preview_step;
+      if (previewStep !== undefined && preview.dataset.step !== String(previewStep)) {
+        preview.dataset.step = String(previewStep);
+        preview.src = api.apiURL(`/lora_trainer/live/preview?node=${encodeURIComponent(key)}&step=${previewStep}`);
+        preview.style.display = "block";
+      } else if (previewStep === undefined && preview.dataset.step) {
+        delete preview.dataset.step;
+        preview.removeAttribute("src");
+        preview.style.display = "none";
+      }
+    },
+  };
+  const height = () => CHART_HEIGHT + 2 * 14 + 12 + (preview.style.display === "none" ? 0 : PREVIEW_HEIGHT + 3);
+  node.addDOMWidget("lora_trainer_live", "lora_trainer_live", root, {
+    serialize: false, hideOnZoom: false, getMinHeight: height, getMaxHeight: height, getHeight: height,
+  });
+  preview.addEventListener("load", () => {
+    // the first preview makes the view taller: grow the node to hold it
+    const needed = node.computeSize?.()[1];
+    if (needed > node.size[1]) node.setSize([node.size[0], needed]);
+    node.setDirtyCanvas?.(true, true);
+  });
+  new ResizeObserver(() => view.refresh()).observe(canvas);
+  return view;
+}
+
+const BUCKET_CHART_HEIGHT = 64;
+const SUMMARY_TEXT_HEIGHT = 96;
+
+function drawBuckets(canvas, buckets) {
+  const { ctx, width, height } = canvasContext(canvas, BUCKET_CHART_HEIGHT);
+  ctx.fillStyle = "rgba(0,0,0,0.3)";
+  ctx.fillRect(0, 0, width, height);
+  const widest = Math.max(...buckets.map(([, , count]) => count), 1);
+  const slot = Math.min(56, width / Math.max(1, buckets.length));
+  ctx.font = "9px sans-serif";
+  buckets.forEach(([w, h, count], i) => {
+    const bar = ((height - 24) * count) / widest;
+    ctx.fillStyle = COLORS.loss;
+    ctx.fillRect(i * slot + 3, height - 12 - bar, Math.max(2, slot - 6), bar);
+    ctx.fillStyle = "#ccc";
+    ctx.fillText(String(count), i * slot + 3, height - 14 - bar);
+    if (slot > 34) ctx.fillText(`${w}x${h}`, i * slot + 2, height - 2);
+  });
+}
+
+// Load Dataset Folder's and Bucket & Cache Latents' view: the node's summary (and the bucket histogram). Its
+// room is reserved from the start, so a node does not grow over its neighbours when it has run.
+function addSummaryView(node, withBuckets) {
+  const root = element("div", { ...PANEL_STYLE, pointerEvents: "auto" });
+  root.className = "lora-trainer-summary";
+  root.dataset.nodeType = node.comfyClass ?? node.type;
+  const canvas = withBuckets ? element("canvas", { width: "100%", height: `${BUCKET_CHART_HEIGHT}px`,
+    borderRadius: "4px" }, root) : null;
+  const text = element("pre", { margin: 0, whiteSpace: "pre-wrap", overflowY: "auto",
+    height: `${SUMMARY_TEXT_HEIGHT}px`, font: "10px monospace", background: "rgba(0,0,0,0.2)" }, root);
+  text.textContent = withBuckets ? "buckets and latents appear here once this node has run"
+    : "the dataset's folders, images and repeats appear here once this node has run";
+  const height = () => SUMMARY_TEXT_HEIGHT + (withBuckets ? BUCKET_CHART_HEIGHT + 3 : 0) + 4;
+  node.addDOMWidget("lora_trainer_summary", "lora_trainer_summary", root, {
+    serialize: false, hideOnZoom: false, getMinHeight: height, getMaxHeight: height, getHeight: height,
+  });
+  let buckets = [];
+  if (canvas) new ResizeObserver(() => drawBuckets(canvas, buckets)).observe(canvas);
+  const onExecuted = node.onExecuted;
+  node.onExecuted = function (output) {
+    onExecuted?.apply(this, arguments);
+    text.textContent = (output?.text ?? []).join("\n");
+    buckets = output?.lora_trainer_buckets ?? [];
+    if (canvas) drawBuckets(canvas, buckets);
+    root.dataset.buckets = String(buckets.length);
+    root.dataset.shown = "1";
+  };
 }
 
 app.registerExtension({
   name: "comfyui-lora-trainer.live-loss",
   setup() {
-    api.addEventListener("lora_trainer.progress", ({ detail }) => {
-      // a node inside a subgraph runs as "<subgraph node>:<its id>"; the canvas node knows only the last part
-      const key = String(detail.node).split(":").pop();
-      const fresh = () => ({ steps: [], losses: [], averages: [], effective: [], validation: [] });
-      let run = lossesByNode.get(key);
-      if (!run || (detail.loss !== undefined && run.steps.length && detail.step <= run.steps[run.steps.length - 1])) {
-        run = fresh();                  // a new run (or the same node queued again) starts a new chart
-      }
-      if (detail.validation_loss !== undefined) run.validation.push([detail.step, detail.validation_loss]);
-      if (detail.loss !== undefined) {
-        run.steps.push(detail.step);
-        run.losses.push(detail.loss);
-        run.averages.push(detail.average_loss ?? detail.loss);
-        run.effective.push(detail.effective_lr ?? detail.lr ?? 0);
-        if (run.steps.length > HISTORY) for (const series of ["steps", "losses", "averages", "effective"]) {
-          run[series].shift();
-        }
-      }
-      lossesByNode.set(key, run);
-      app.graph.setDirtyCanvas(true, false);
+    api.addEventListener(EVENT, ({ detail }) => {
+      const key = nodeKey(detail.node);
+      record(key, detail);
+      for (const view of views) if (nodeKey(view.node.id) === key) view.schedule();
     });
+    // a reconnect (server restarted, page woke up) may have missed events: take the server's copy again
+    api.addEventListener("reconnected", loadRunsSoFar);
+    loadRunsSoFar();
   },
-  beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== "LoRATrain") return;
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDrawForeground?.apply(this, arguments);
-      drawLoss(this, ctx);
-    };
+  nodeCreated(node) {
+    const type = node.comfyClass ?? node.type;
+    if (type === "LoRATrain") {
+      const view = addTrainView(node);
+      views.add(view);
+      const onRemoved = node.onRemoved;
+      node.onRemoved = function () {
+        views.delete(view);
+        return onRemoved?.apply(this, arguments);
+      };
+      requestAnimationFrame(() => view.refresh());
+    } else if (type === "LoRALoadDatasetFolder" || type === "LoRABucketCacheLatents") {
+      addSummaryView(node, type === "LoRABucketCacheLatents");
+    }
   },
 });

@@ -1,8 +1,10 @@
-"""ComfyUI's real frontend in headless Chromium: the template loads with every node and widget resolved,
-the live-loss extension is registered, and a tiny training runs while the page is open.
+"""ComfyUI's real frontend in headless Chromium, on a real server with this pack and tiny models: the template
+loads with every node and widget resolved, a training runs while the page is open, and the pack's views show
+it: the Train node's chart gets points while the run goes on, the in-training preview appears, the dataset and
+bucket summaries show, and a reload mid-run draws the run so far again (from GET /lora_trainer/live).
 
-Used by test_frontend.py (marked slow) and by scripts/check_in_browser.py, which keeps the screenshots.
-Needs Debian's chromium (/usr/bin/chromium) and the playwright package in the checkout's Python.
+Used by test_frontend.py and by scripts/check_in_browser.py, which keeps the screenshots. Needs Debian's
+chromium (/usr/bin/chromium) and the playwright package in the checkout's Python; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -24,13 +26,42 @@ TEMPLATE = os.path.join(harness.REPO_ROOT, "example_workflows", "train_sd15_lora
 # the closed network here refuses Chromium's background connections; these flags stop it making them
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
+VUE_NODES_SETTING = "Comfy.VueNodes.Enabled"
 
 # the same api object the pack's extension listens on (window.comfyAPI in newer frontends, else the shim)
 COUNT_PROGRESS_EVENTS = """async () => {
   const api = window.comfyAPI?.api?.api ?? (await import("/scripts/api.js")).api;
   window.__loraEvents = 0;
   api.addEventListener("lora_trainer.progress", () => { window.__loraEvents += 1; });
+}"""
+
+# the page's websocket client id: a prompt queued under it gets its "executed" messages, as one queued from the page
+CLIENT_ID = """async () => (window.comfyAPI?.api?.api ?? (await import("/scripts/api.js")).api).clientId"""
+
+# what the pack's views show now (their elements' data attributes, set by web/lora_trainer.js)
+READ_VIEWS = """() => {
+  const live = document.querySelector(".lora-trainer-live");
+  const preview = document.querySelector(".lora-trainer-preview");
+  const summaries = [...document.querySelectorAll(".lora-trainer-summary")];
+  return {
+    points: Number(live?.dataset.points ?? -1), step: Number(live?.dataset.step ?? -1),
+    restored_points: Number(live?.dataset.restoredPoints ?? -1),
+    caption: live?.innerText ?? "",
+    preview_loaded: Boolean(preview && preview.style.display !== "none" && preview.complete && preview.naturalWidth),
+    summaries: Object.fromEntries(summaries.map((s) => [s.dataset.nodeType,
+      { text: (s.dataset.shown ? s.querySelector("pre")?.textContent : "") ?? "",
+        buckets: Number(s.dataset.buckets ?? 0) }])),
+  };
+}"""
+
+# scroll the canvas so the bottom of the Train node (its chart and preview) is in view, at scale 1
+SHOW_TRAIN_CHART = """(id) => {
+  const node = window.app.graph.getNodeById(Number(id));
+  const ds = window.app.canvas.ds;
+  ds.scale = 1;
+  ds.offset[0] = 420 - node.pos[0];
+  ds.offset[1] = 980 - (node.pos[1] + node.size[1]);
+  window.app.canvas.setDirty(true, true);
 }"""
 
 
@@ -42,16 +73,70 @@ def missing_reason() -> str | None:
     return None
 
 
-def check_in_frontend(out_dir: str) -> dict:
-    """Runs the check; returns what it saw and writes template.png and live_loss.png into out_dir."""
-    from playwright.sync_api import sync_playwright
-
+def live_graph(output_name: str, steps: int) -> dict:
+    """The tests' tiny training graph (ids as in the template) with previews every few steps."""
     from .test_workflow_server import training_graph
+
+    graph = training_graph(output_name, epochs=0)
+    graph["6"]["inputs"].update(max_steps=steps, vae=["1", 2], sample_every_n_steps=max(1, steps // 6),
+                                sample_prompts="a photo of sks dog --w 64 --h 64 --s 2 --d 1",
+                                validation_split=0.34, validate_every_n_steps=max(1, steps // 10),
+                                validate_every_n_epochs=0)
+    # an adaptive optimizer, so the chart has an effective lr beside the scheduled one
+    graph["5"]["inputs"].update(optimizer_type="DAdaptation", learning_rate=1.0, lr_scheduler="constant")
+    return graph
+
+
+def with_ids_of(graph: dict, workflow: dict) -> dict:
+    """The graph with each of the pack's nodes under the id its type has in the workflow on the page (so the
+    page's views get its events and outputs); every other node under a fresh id."""
+    template_ids = {node["type"]: str(node["id"]) for node in workflow["nodes"]}
+    fresh = iter(range(10_000, 20_000))
+    renamed = {old: template_ids[node["class_type"]] if node["class_type"].startswith("LoRA")
+               and node["class_type"] in template_ids else str(next(fresh)) for old, node in graph.items()}
+
+    def relinked(value):
+        return [renamed[value[0]], value[1]] if isinstance(value, list) and len(value) == 2 and value[0] in renamed \
+            else value
+
+    return {renamed[old]: {**node, "inputs": {name: relinked(value) for name, value in node["inputs"].items()}}
+            for old, node in graph.items()}
+
+
+def write_frontend_settings(base: str, settings: dict) -> None:
+    """The frontend's settings for the default user, before the server starts (as the settings dialog saves)."""
+    folder = os.path.join(base, "user", "default")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "comfy.settings.json"), "w", encoding="utf-8") as handle:
+        json.dump(settings, handle)
+
+
+def wait_for(page, predicate, timeout: float, what: str) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        seen = page.evaluate(READ_VIEWS)
+        if predicate(seen):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the views show {page.evaluate(READ_VIEWS)}")
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url, wait_until="networkidle", timeout=120_000)
+    page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+
+
+def check_in_frontend(out_dir: str, vue_nodes: bool = False, steps: int = 400) -> dict:
+    """Runs the check; returns what it saw and writes template.png, live_loss.png, after_reload.png and
+    train_node.png (the Train node's chart and preview, mid-run) into out_dir."""
+    from playwright.sync_api import sync_playwright
 
     os.makedirs(out_dir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="lora-trainer-frontend-")
     make_kohya_folder(os.path.join(base, "input", "dogs"), {"3_sks dog": [(64, 64), (96, 64), (64, 64)]})
+    write_frontend_settings(base, {VUE_NODES_SETTING: vue_nodes, "Comfy.TutorialCompleted": True})
     server = ComfyServer(base).start()
+    seen: dict = {"vue_nodes": vue_nodes}
     try:
         with open(TEMPLATE, encoding="utf-8") as handle:
             workflow = json.load(handle)
@@ -59,22 +144,61 @@ def check_in_frontend(out_dir: str) -> dict:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM,
                                                  args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1800, "height": 1000})
-            page.goto(server.url, wait_until="networkidle", timeout=120_000)
-            page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+            page.set_default_timeout(120_000)        # a page drawing a training run on a busy 2-core machine
+            open_page(page, server.url)
             page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
             time.sleep(2)
             page.keyboard.press("Escape")
-            nodes = page.evaluate("() => window.app.graph._nodes.map(n => [n.id, n.type, (n.widgets || []).length])")
-            extensions = page.evaluate("() => window.app.extensions.map(e => e.name)")
+            seen["nodes"] = page.evaluate(
+                "() => window.app.graph._nodes.map(n => [n.id, n.type, (n.widgets || []).length])")
+            seen["extensions"] = page.evaluate("() => window.app.extensions.map(e => e.name)")
+            train_node = next(str(node["id"]) for node in workflow["nodes"] if node["type"] == "LoRATrain")
             page.screenshot(path=os.path.join(out_dir, "template.png"))
+            page.evaluate(SHOW_TRAIN_CHART, train_node)
             page.evaluate(COUNT_PROGRESS_EVENTS)
-            entry = server.wait(server.queue(training_graph("frontend_check", epochs=8)))
-            time.sleep(1.5)
-            progress_events = page.evaluate("() => window.__loraEvents")
+            server.client_id = page.evaluate(CLIENT_ID)
+            prompt_id = server.queue(with_ids_of(live_graph("frontend_check", steps), workflow))
+
+            # while it trains: points arrive, then more; the dataset and bucket summaries show
+            first = wait_for(page, lambda s: s["points"] >= 3, 120, "the first chart points")
+            later = wait_for(page, lambda s: s["points"] > first["points"] + 5, 60, "more chart points")
+            seen["points_while_running"] = (first["points"], later["points"])
+            summarised = wait_for(page, lambda s: all(v["text"] for v in s["summaries"].values()), 30,
+                                  "the dataset and bucket summaries")
+            seen["summaries"] = summarised["summaries"]
+
+            # a reload mid-run: the chart comes back with the run so far, before the next events could fill it
+            before_reload = page.evaluate(READ_VIEWS)
+            page.reload()
+            page.wait_for_function("window.app && window.app.graph", timeout=120_000)
+            page.wait_for_function(f"window.app.graph.getNodeById({train_node})", timeout=60_000)
+            page.evaluate(SHOW_TRAIN_CHART, train_node)
+            after = wait_for(page, lambda s: s["restored_points"] >= 0, 60, "the run so far from the server")
+            seen["reload"] = {"points_before": before_reload["points"], "points_restored": after["restored_points"],
+                              "still_running": server.get(f"/history/{prompt_id}").get(prompt_id) is None}
+            page.screenshot(path=os.path.join(out_dir, "after_reload.png"))
+
+            # then the in-training preview, and the chart well under way (the README's picture)
+            wait_for(page, lambda s: s["preview_loaded"], 120, "the in-training preview")
+            wait_for(page, lambda s: s["points"] >= steps * 0.4, 120, "the run to get under way")
+            page.evaluate(SHOW_TRAIN_CHART, train_node)
+            time.sleep(0.3)
             page.screenshot(path=os.path.join(out_dir, "live_loss.png"))
+            box = page.locator(".lora-trainer-live").bounding_box()
+            if box:
+                page.screenshot(path=os.path.join(out_dir, "train_node.png"),
+                                clip={"x": max(0, box["x"] - 12), "y": max(0, box["y"] - 10),
+                                      "width": box["width"] + 24, "height": box["height"] + 20})
+            page.evaluate(COUNT_PROGRESS_EVENTS)
+            entry = server.wait(prompt_id)
+            time.sleep(1.0)
+            seen["progress_events_after_reload"] = page.evaluate("() => window.__loraEvents")
+            seen["final"] = page.evaluate(READ_VIEWS)
+            seen["status"] = entry["status"]["status_str"]
             browser.close()
-        return {"nodes": nodes, "extensions": extensions, "status": entry["status"]["status_str"],
-                "progress_events": progress_events, "frontend_log": server.read_log()}
+        seen["live_route"] = server.get("/lora_trainer/live")["runs"].get(train_node, {})
+        seen["frontend_log"] = server.read_log()
+        return seen
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -42,8 +42,23 @@ def test_a_session_writes_its_files_keeps_work_on_cancel_and_resumes_exactly(tmp
     assert "cli_2-interrupted.safetensors" in os.listdir(folders.loras)          # a taken name gets _2
     with open(os.path.join(folders.run_folder("cli_2"), "run.json"), encoding="utf-8") as handle:
         assert json.load(handle)["status"] == "cancelled"
-    resumed = run_session(fresh_model(), cache, *args, settings, folders, resume_from="cli_2")
+    charted = []
+
+    class ChartSink:                     # what the page's chart receives: a start, then one event per step
+        def __init__(self, total):
+            pass
+
+        def update(self, value, text=None, event=None):
+            if event is not None:
+                charted.append(event)
+
+    resumed = run_session(fresh_model(), cache, *args, settings, folders, resume_from="cli_2", progress=ChartSink)
     assert resumed.run_name == "cli_2" and resumed.result.progress.losses == whole.result.progress.losses
+    start, steps = charted[0], [event for event in charted if "loss" in event]
+    assert start["started"] and start["run"] == "cli_2" and start["step"] == 4 and start["total"] == 9
+    assert start["history"]["steps"] == [1, 2, 3, 4]                          # the chart starts with the run so far
+    assert start["history"]["losses"] == whole.result.progress.losses[:4]
+    assert [event["step"] for event in steps] == [5, 6, 7, 8, 9] and steps[-1]["epoch"] == 3 == steps[-1]["epochs"]
     assert all(torch.equal(resumed.lora.tensors[k], whole.lora.tensors[k]) for k in whole.lora.tensors)
     assert resumed.loss_image.size[0] > 0 and "trained 9 step(s), 5 in this session" in resumed.summary
 

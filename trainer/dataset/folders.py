@@ -11,6 +11,12 @@ Only direct sub-folders whose name starts with an integer and `_` are read (kohy
 `generate_dreambooth_subsets_config_by_subdirs`); images are not searched recursively. Scanning reads
 image headers only. One bad file never stops the run: it is skipped and reported (`Dataset.skipped`);
 only a folder with nothing trainable left is an error.
+
+Symlinks are followed, as kohya's glob follows them: an image, or an N_name folder, may be a link to another
+disk; reading it is what the user who made the link asked for, and the .npz cache goes beside each image
+as the dataset folder shows it (through a linked N_name folder, into the folder it links to). Caption and
+mask files are the image's path with another suffix, never a path of their own (trainer/paths.py checks
+caption_extension).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import os
 
 from ..errors import DatasetError
+from ..paths import checked_caption_extension
 from .caption_processing import CaptionOptions
 from .captions import find_caption
 from .images import UnreadableImage, is_mask_file, read_header
@@ -98,11 +105,6 @@ def scan_image(path: str) -> tuple[int, int] | Skipped:
         return Skipped(path, exc.reason)
 
 
-def normalized_extension(caption_extension: str) -> str:
-    extension = caption_extension.strip() or ".txt"
-    return extension if extension.startswith(".") else "." + extension
-
-
 def scan_subset(path: str, repeats: int, class_tokens: str, caption_extension: str, skipped: list[Skipped],
                 warnings: list[str], is_reg: bool = False, masks_beside: bool = False) -> Subset | None:
     """One N_name folder; None (with the reason in `skipped`) when nothing in it can be trained."""
@@ -141,7 +143,7 @@ def load_dataset_folder(root: str, caption_extension: str = ".txt", regularizati
     found here (kohya's subset options). DatasetError, naming the folder, when nothing in it is trainable.
     """
     caption_options = (caption_options or CaptionOptions()).checked()
-    caption_extension = normalized_extension(caption_extension)
+    caption_extension = checked_caption_extension(caption_extension)    # a suffix, never a path
     overrides = parse_repeats_override(repeats)
     used: set[str] = set()
     subsets, unprefixed, skipped, warnings = scan_root(root, caption_extension, False, overrides, used, alpha_mask)

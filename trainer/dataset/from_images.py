@@ -1,7 +1,8 @@
 """A dataset subset from images already in memory (ComfyUI's IMAGE outputs), with captions given as text.
 
 Each image becomes an ImageEntry that carries its pixels; its `path` is a stable name with a digest of the
-pixels (`<name>/0003-1a2b3c4d5e6f`), so records and resume fingerprints follow the content.
+pixels (`<name>/0003-1a2b3c4d5e6f`), so records and resume fingerprints follow the content. That path names
+no file: nothing is read from or written to it (the disk latent cache keeps these images in memory only).
 """
 
 from __future__ import annotations
