@@ -1,104 +1,418 @@
-"""Writes example_workflows/train_sd15_lora.json, the template ComfyUI lists for this pack.
+"""Writes example_workflows/*.json, the templates ComfyUI's template browser lists for this pack.
 
-The graph is declared once here (nodes, widget values, wires) and written in the frontend's workflow
-format, so positions, ids and links stay consistent. Run: python scripts/build_example_workflow.py
-tests/comfyui/test_workflow_server.py checks the file against a live server's /object_info.
+Each graph is declared once below: its nodes in columns (left to right, each stacked top-down, so nothing
+overlaps), titles, sizes, the widget values that differ from the node's defaults, and its wires. The widget
+order and every other value come from a live server's /object_info, so the files line up with the nodes as
+they are now; re-run this after a node gains or loses an input. Run it with the oldest ComfyUI the pack
+supports (newer ones add outputs, e.g. SaveImage's IMAGE, that older frontends would show as extra sockets):
+
+    COMFYUI_PATH=~/ComfyUI ~/ComfyUI/.venv/bin/python scripts/build_example_workflow.py
+
+Then scripts/make_template_thumbnails.py draws each one's <name>.jpg. tests/comfyui/test_example_workflows.py
+checks the files against a live server's /object_info and queues some of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_workflows",
-                   "train_sd15_lora.json")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join(REPO_ROOT, "example_workflows")
 
-# id: (type, title, position, size, widget values, {input name: (source id, output slot)})
-NODES = {
-    1: ("CheckpointLoaderSimple", None, (40, 80), (330, 100), ["v1-5-pruned-emaonly.safetensors"], {}),
-    2: ("LoRALoadDatasetFolder", None, (40, 260), (330, 520),
-        ["lora_dataset", ".txt", "", "", False, 0, "", ",", "", 0.0, 0, 0.0, "", "", False, False, False, False],
-        {}),
-    3: ("LoRABucketCacheLatents", None, (420, 260), (330, 330),
-        [512, 256, 1024, 64, False, 1, "memory", "auto", "on white", True],
-        {"dataset": (2, 0), "vae": (1, 2)}),
-    4: ("LoRAConfigure", None, (420, 660), (330, 250),
-        ["LoRA", 8, 1.0, 1, 1.0, 0.0, 0.0, 0.0, "unet", False, -1, False, 1, "(none)"], {}),
-    5: ("LoRAOptimizer", None, (420, 960), (330, 600),
-        ["AdamW8bit", 0.0001, -1.0, -1.0, -1.0, "cosine", 0.1, 1.0, 0.0001, 0.0, -1.0, -1.0, "default", "default",
-         "default", "default", "", 0, 1, 1.0], {}),
-    6: ("LoRATrain", None, (800, 80), (360, 360),
-        ["my_lora", 10, 0, 1, 42, "auto", 0, "", 1.0, 1, False, "75", 0.0, 0, 0,
-         "l2", "snr", 0.1, 1.0, 0.0, False, False, 0.0, 0.0, False, 0.0, 0, 0.3, 0.0, False, 0, 1000, False,
-         0.0, -1, 0, 1, "", 0, 0, "euler", "normal"],
-        {"model": (1, 0), "clip": (1, 1), "latents": (3, 0), "network": (4, 0), "optimizer": (5, 0), "vae": (1, 2)}),
-    7: ("LoRASaveSafetensors", None, (1220, 80), (320, 150), ["", "fp16", ""], {"lora": (6, 2)}),
-    8: ("PreviewImage", "Loss graph", (1220, 240), (320, 260), [], {"images": (6, 3)}),
-    9: ("CLIPTextEncode", "Preview prompt", (1220, 560), (400, 160), ["a photo of sks dog"], {"clip": (6, 1)}),
-    10: ("CLIPTextEncode", "Negative prompt", (1220, 760), (400, 160), ["blurry, lowres"], {"clip": (6, 1)}),
-    11: ("EmptyLatentImage", None, (1220, 960), (320, 110), [512, 512, 1], {}),
-    12: ("KSampler", "Preview with the trained LoRA", (1680, 80), (320, 480),
-         [0, "fixed", 25, 7.0, "euler", "normal", 1.0],
-         {"model": (6, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)}),
-    13: ("VAEDecode", None, (2040, 80), (210, 50), [], {"samples": (12, 0), "vae": (1, 2)}),
-    14: ("SaveImage", None, (2040, 200), (360, 400), ["lora_preview"], {"images": (13, 0)}),
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+SEED_NAMES = ("seed", "noise_seed")        # older frontends add the seed control by name, newer by a flag
+SEED_CONTROL = "fixed"                     # a template should sample the same picture every queue
+
+# body sizes (the title bar is drawn above `pos`), from the frontend's computeSize() in frontends 1.27 and 1.49
+# with this pack's web/ views, rounded up; image nodes get room for their picture. make_template_thumbnails.py
+# names any node the frontend needs more room for.
+SIZES = {
+    "CheckpointLoaderSimple": (350, 100), "LoRALoadDatasetFolder": (350, 580), "LoRABucketCacheLatents": (330, 470),
+    "LoRAConfigure": (330, 370), "LoRAOptimizer": (330, 546), "LoRATrain": (400, 1370),
+    "LoRASaveSafetensors": (400, 200), "PreviewImage": (400, 420), "CLIPTextEncode": (400, 200),
+    "EmptyLatentImage": (330, 110), "KSampler": (330, 262), "VAEDecode": (210, 50), "SaveImage": (400, 430),
+    "LoraLoader": (330, 126), "ImageStitch": (300, 150),
+}
+TITLE_HEIGHT, ROW_GAP, COLUMN_GAP, MARGIN = 30, 40, 60, 40
+# ImageStitch (core, in every supported ComfyUI) puts two pictures side by side in one; ImageBatch would only
+# batch them, and newer ComfyUI marks it deprecated
+SIDE_BY_SIDE = {"direction": "right", "match_image_size": True, "spacing_width": 8, "spacing_color": "white"}
+
+
+@dataclass
+class Node:
+    """One node of a declaration. `wires` maps an input to "<source key>.<output name>"; `values` holds the
+    widget values that differ from the node's defaults; `top` pins the node's y (rows across columns)."""
+
+    key: str
+    type: str
+    values: dict = field(default_factory=dict)
+    wires: dict = field(default_factory=dict)
+    title: str | None = None
+    size: tuple[int, int] | None = None
+    top: int | None = None
+
+
+def note(key: str, text: str, size: tuple[int, int] = (400, 300), top: int | None = None) -> Node:
+    return Node(key, "Note", {"text": text}, size=size, top=top)
+
+
+# ---------------------------------------------------------------------------------------------- the training graph
+
+@dataclass
+class Preview:
+    """KSampler previews with the trained MODEL and CLIP: one per (prompt title, text, sampler title), side by
+    side in one saved picture when there are several."""
+
+    prompts: list[tuple[str, str, str]]
+    size: int
+    filename_prefix: str = "lora_preview"
+
+
+SD15_PREVIEW = [("Preview prompt", "a photo of sks dog", "Preview with the trained LoRA")]
+
+
+def training_columns(notes: list[Node], checkpoint: str, dataset: dict | None = None, cache: dict | None = None,
+                     network: dict | None = None, optimizer: dict | None = None, train: dict | None = None,
+                     preview: Preview | None = None, save: bool = True) -> list[list[Node]]:
+    """Checkpoint -> dataset -> bucket & cache -> Configure LoRA + Optimizer -> Train -> save, the loss graph
+    and the previews."""
+    columns = [
+        notes + [Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": checkpoint}),
+                 Node("dataset", "LoRALoadDatasetFolder", dataset or {})],
+        [Node("cache", "LoRABucketCacheLatents", cache or {}, {"dataset": "dataset.dataset", "vae": "ckpt.VAE"}),
+         Node("network", "LoRAConfigure", network or {}),
+         Node("optimizer", "LoRAOptimizer", optimizer or {})],
+        [Node("train", "LoRATrain", train or {},
+              {"model": "ckpt.MODEL", "clip": "ckpt.CLIP", "latents": "cache.latents", "network": "network.network",
+               "optimizer": "optimizer.optimizer", "vae": "ckpt.VAE"})],
+    ]
+    results = [Node("save", "LoRASaveSafetensors", {"precision": "fp16"}, {"lora": "train.lora"})] if save else []
+    results.append(Node("loss", "PreviewImage", wires={"images": "train.loss_graph"}, title="Loss graph",
+                        size=(400, 420) if preview is not None else (640, 560)))
+    columns.append(results)
+    if preview is not None:
+        prompts, samplers, combined = preview_columns(preview)
+        results += prompts
+        columns += [samplers] + ([combined] if combined else [])
+    return columns
+
+
+def preview_columns(preview: Preview) -> tuple[list[Node], list[Node], list[Node]]:
+    """The prompt nodes (under the loss graph), the samplers with their decoders, and the column that puts the
+    pictures side by side (empty for one picture, which is saved under its decoder)."""
+    prompts, samplers = [], []
+    for index, (prompt_title, text, sampler_title) in enumerate(preview.prompts):
+        prompts.append(Node(f"positive{index}", "CLIPTextEncode", {"text": text}, {"clip": "train.clip"}, prompt_title))
+        samplers += [
+            Node(f"sampler{index}", "KSampler",
+                 {"seed": 0, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"},
+                 {"model": "train.model", "positive": f"positive{index}.CONDITIONING",
+                  "negative": "negative.CONDITIONING", "latent_image": "latent.LATENT"}, sampler_title),
+            Node(f"decode{index}", "VAEDecode", wires={"samples": f"sampler{index}.LATENT", "vae": "ckpt.VAE"}),
+        ]
+    prompts += [
+        Node("negative", "CLIPTextEncode", {"text": "blurry, lowres"}, {"clip": "train.clip"}, "Negative prompt"),
+        Node("latent", "EmptyLatentImage", {"width": preview.size, "height": preview.size}),
+    ]
+    combined, picture = [], "decode0.IMAGE"
+    for index in range(1, len(preview.prompts)):
+        combined.append(Node(f"stitch{index}", "ImageStitch", SIDE_BY_SIDE,
+                             {"image1": picture, "image2": f"decode{index}.IMAGE"}, "Side by side"))
+        picture = f"stitch{index}.IMAGE"
+    saver = Node("image", "SaveImage", {"filename_prefix": preview.filename_prefix}, {"images": picture})
+    (combined or samplers).append(saver)
+    return prompts, samplers, combined
+
+
+DATASET_NOTE = ("Dataset: put your images in ComfyUI/input/lora_dataset/10_sks dog/ (or set Load Dataset Folder's "
+                "folder): 10 = repeats per epoch, 'sks dog' = the caption of images without a .txt beside them.")
+
+
+def train_sd15_lora() -> list[list[Node]]:
+    text = ("Train an SD1.5 LoRA.\n\n1. Load Checkpoint: pick your SD1.5 checkpoint.\n2. " + DATASET_NOTE +
+            "\n3. Change Train's output_name if you like (default my_lora).\n4. Queue. The LoRA lands in "
+            "models/loras/my_lora.safetensors; the loss graph and a KSampler preview with the LoRA show at the right.")
+    return training_columns([note("note", text)], SD15_CHECKPOINT, preview=Preview(SD15_PREVIEW, 512))
+
+
+def train_sdxl_lora() -> list[list[Node]]:
+    text = ("Train an SDXL LoRA (SDXL base 1.0 and its fine-tunes; not the refiner).\n\n1. Load Checkpoint: pick "
+            "your SDXL checkpoint.\n2. " + DATASET_NOTE + " SDXL trains at 1024: images of about a megapixel "
+            "(buckets 512..2048).\n3. Settings as kohya users train SDXL: rank 16 / alpha 8, AdamW8bit at 1e-4, "
+            "gradient checkpointing, latents cached to disk (.npz beside the images, reused next time), precision "
+            "auto (bf16 on GPUs that have it). Out of memory: lower batch_size or rank.\n4. Queue. The LoRA lands "
+            "in models/loras/my_sdxl_lora.safetensors; the KSampler previews it at "
+            "1024x1024.")
+    return training_columns(
+        [note("note", text, (400, 380))], SDXL_CHECKPOINT,
+        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
+        network={"rank": 16, "alpha": 8.0},
+        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "cosine"},
+        train={"output_name": "my_sdxl_lora", "gradient_checkpointing": True, "precision": "auto"},
+        preview=Preview(SD15_PREVIEW, 1024, "sdxl_lora_preview"))
+
+
+def train_locon_with_regularization() -> list[list[Node]]:
+    text = ("Train a LoCon (LoRA on the attention layers and the 3x3 convolutions, at its own conv rank / conv "
+            "alpha) with regularization images, as DreamBooth does.\n\n1. Load Checkpoint: pick your SD1.5 "
+            "checkpoint.\n2. " + DATASET_NOTE)
+    regularization = ("Regularization images keep the class ('dog') from turning into your subject: put pictures "
+                      "of the class made by the same base model in ComfyUI/input/lora_reg/1_dog/ (the folder set "
+                      "in Load Dataset Folder's regularization_folder). 1 = repeats, 'dog' = the class word as the "
+                      "caption (no trigger word). As kohya does, they are balanced against the training images "
+                      "(as many reg samples per epoch as training samples) and weighted by Train's "
+                      "prior_loss_weight (1.0).\n\nThe preview samples the trigger and the bare class side by side: "
+                      "the second should still be an ordinary dog.")
+    trigger_and_class = SD15_PREVIEW + [("Class prompt (should stay a dog)", "a photo of dog",
+                                         "Class prompt with the LoRA")]
+    return training_columns(
+        [note("note", text, (400, 260)), note("reg_note", regularization, (400, 330))], SD15_CHECKPOINT,
+        dataset={"regularization_folder": "lora_reg"},
+        network={"algorithm": "LoCon", "rank": 16, "alpha": 8.0, "conv_rank": 8, "conv_alpha": 4.0},
+        train={"output_name": "my_locon", "prior_loss_weight": 1.0},
+        preview=Preview(trigger_and_class, 512, "locon_preview"))
+
+
+def dadaptation_lr_finder() -> list[list[Node]]:
+    text = ("Find a learning rate with DAdaptation (a short run; keep its LoRA or not).\n\nDAdaptAdam estimates "
+            "the step size itself: learning_rate stays 1.0 and the scheduler constant. The run is 300 steps "
+            "(epochs 0 = a length in steps).\n\n1. Load Checkpoint and dataset folder: the same as for your real "
+            "training.\n2. Queue and watch the green effective-lr line (d x lr) on the Train node's chart and on "
+            "the loss graph: it climbs, then levels off.\n3. The loss graph's header names its peak and a third of "
+            "it (the dashed line). Put that third into learning_rate of an AdamW / AdamW8bit Optimizer in the "
+            "training workflow (train_sd15_lora), constant or cosine, as the kohya_ss guide advises.")
+    return training_columns(
+        [note("note", text, (400, 400))], SD15_CHECKPOINT,
+        optimizer={"optimizer_type": "DAdaptAdam", "learning_rate": 1.0, "text_encoder_lr": 1.0,
+                   "lr_scheduler": "constant", "lr_warmup": 0.0},
+        train={"output_name": "lr_finder", "epochs": 0, "max_steps": 300},
+        save=False)
+
+
+def resume_training() -> list[list[Node]]:
+    text = ("Resume a stopped run exactly where it stopped.\n\nA run that was cancelled (Cancel), failed (an error, "
+            "out of memory) or killed (ComfyUI closed, a crash) keeps a saved state in "
+            "ComfyUI/output/lora-trainer/<run name>/state-<step>/: written when it is cancelled or stops on an error, "
+            "and at each intermediate save (save_every_n_epochs / save_every_n_steps), which is all a killed run "
+            "has.\n\n1. Train's resume_from: the run's name (here my_lora; its tooltip lists the runs that can "
+            "resume).\n2. Keep every other setting as the run had it: checkpoint, dataset, bucket, network, "
+            "optimizer, epochs / max_steps, batch size, seed, precision. Train names any that differ. Only the "
+            "output name and how often it saves may change.\n3. Queue: it continues at the saved step and ends "
+            "with the LoRA the uninterrupted run would have made (models/loras/my_lora.safetensors).\n\nA finished "
+            "run cannot resume: to train it further, start a new run with Configure LoRA's continue_from.")
+    return training_columns([note("note", text, (400, 560))], SD15_CHECKPOINT, train={"resume_from": "my_lora"},
+                            preview=Preview(SD15_PREVIEW, 512))
+
+
+EPOCH_FILES = ("my_lora-000002", "my_lora-000004", "my_lora-000006", "my_lora-000008", "my_lora")
+COMPARE_NOTE = (
+    "Compare the epochs of one run: the same prompt and seed with each saved LoRA, side by side in one picture, "
+    "left to right: the base model without a LoRA, then each epoch.\n\n1. In the training workflow set Train's "
+    "save_every_n_epochs (here 2, with epochs 10): the run my_lora then writes models/loras/"
+    "my_lora-000002.safetensors, -000004, -000006, -000008 and, at the end, my_lora.safetensors.\n2. Load "
+    "Checkpoint: the checkpoint you trained on.\n3. Each Load LoRA: one of your run's files, in epoch order (press "
+    "R to refresh the lists after training).\n4. The prompt: the same text in every Prompt node (each is encoded "
+    "with its own LoRA's CLIP).\n5. Queue.")
+
+
+def comparison_row(index: int, file_name: str | None, label: str, top: int) -> list[Node | None]:
+    """One picture of the comparison: [LoRA loader (None for the base model), prompt, sampler, decode, stitch
+    onto the pictures before it (None for the first)]."""
+    model, clip = ("ckpt.MODEL", "ckpt.CLIP") if file_name is None else (f"lora{index}.MODEL", f"lora{index}.CLIP")
+    loader = None if file_name is None else Node(
+        f"lora{index}", "LoraLoader", {"lora_name": f"{file_name}.safetensors"},
+        {"model": "ckpt.MODEL", "clip": "ckpt.CLIP"}, f"Load LoRA: {label}", top=top)
+    prompt = Node(f"prompt{index}", "CLIPTextEncode", {"text": "a photo of sks dog"}, {"clip": clip},
+                  f"Prompt ({label})", top=top)
+    sampler = Node(f"sampler{index}", "KSampler",
+                   {"seed": 42, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"},
+                   {"model": model, "positive": f"prompt{index}.CONDITIONING", "negative": "negative.CONDITIONING",
+                    "latent_image": "latent.LATENT"}, f"Sample: {label}", top=top)
+    decode = Node(f"decode{index}", "VAEDecode", wires={"samples": f"sampler{index}.LATENT", "vae": "ckpt.VAE"},
+                  top=top)
+    so_far = "decode0.IMAGE" if index == 1 else f"stitch{index - 1}.IMAGE"
+    stitch = None if index == 0 else Node(f"stitch{index}", "ImageStitch", SIDE_BY_SIDE,
+                                          {"image1": so_far, "image2": f"decode{index}.IMAGE"}, f"+ {label}", top=top)
+    return [loader, prompt, sampler, decode, stitch]
+
+
+def compare_epochs() -> list[list[Node]]:
+    labels = [f"epoch {int(name.rsplit('-', 1)[1])}" if "-" in name else "final" for name in EPOCH_FILES]
+    rows = [(None, "base model (no LoRA)")] + list(zip(EPOCH_FILES, labels))
+    row_pitch = SIZES["KSampler"][1] + TITLE_HEIGHT + ROW_GAP
+    cells = [comparison_row(index, file_name, label, MARGIN + TITLE_HEIGHT + index * row_pitch)
+             for index, (file_name, label) in enumerate(rows)]
+    middle = [[row[column] for row in cells if row[column] is not None] for column in range(5)]
+    left = [note("note", COMPARE_NOTE, (400, 470)),
+            Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15_CHECKPOINT}),
+            Node("negative", "CLIPTextEncode", {"text": "blurry, lowres"}, {"clip": "ckpt.CLIP"}, "Negative prompt"),
+            Node("latent", "EmptyLatentImage", {"width": 512, "height": 512})]
+    save = Node("image", "SaveImage", {"filename_prefix": "compare_epochs"}, {"images": f"stitch{len(rows) - 1}.IMAGE"},
+                "Epochs side by side", size=(720, 560))
+    return [left, *middle, [save]]
+
+
+WORKFLOWS = {
+    "train_sd15_lora": train_sd15_lora,
+    "train_sdxl_lora": train_sdxl_lora,
+    "train_locon_with_regularization": train_locon_with_regularization,
+    "dadaptation_lr_finder": dadaptation_lr_finder,
+    "resume_training": resume_training,
+    "compare_epochs": compare_epochs,
 }
 
-# output names and types of each node type used above, in slot order
-OUTPUTS = {
-    "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-    "LoRALoadDatasetFolder": [("dataset", "LORA_DATASET")],
-    "LoRABucketCacheLatents": [("latents", "LORA_LATENTS")],
-    "LoRAConfigure": [("network", "LORA_NETWORK")],
-    "LoRAOptimizer": [("optimizer", "LORA_OPTIMIZER")],
-    "LoRATrain": [("model", "MODEL"), ("clip", "CLIP"), ("lora", "TRAINED_LORA"), ("loss_graph", "IMAGE"),
-                  ("summary", "STRING")],
-    "LoRASaveSafetensors": [],
-    "PreviewImage": [],
-    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
-    "EmptyLatentImage": [("LATENT", "LATENT")],
-    "KSampler": [("LATENT", "LATENT")],
-    "VAEDecode": [("IMAGE", "IMAGE")],
-    "SaveImage": [],
-}
 
-NOTE = ("1. Put your images in ComfyUI/input/lora_dataset/10_sks dog/ (10 = repeats, 'sks dog' = caption for "
-        "images without a .txt).\n2. Pick an SD1.5 checkpoint.\n3. Queue. The LoRA lands in models/loras as "
-        "my_lora.safetensors; the KSampler previews it.")
+# ---------------------------------------------------------------------------------- from a declaration to the file
+
+def widget_names(definition: dict) -> list[str]:
+    """The inputs a node type shows as widgets, in the order of a workflow's widgets_values."""
+    specs = {**definition["input"]["required"], **definition["input"].get("optional", {})}
+    order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
+    return [name for name in order if (isinstance(specs[name][0], list) or specs[name][0] in WIDGET_TYPES)
+            and not (len(specs[name]) > 1 and specs[name][1].get("forceInput"))]
 
 
-def build() -> dict:
-    links, link_id = [], 0
-    inputs_of: dict[int, list] = {node_id: [] for node_id in NODES}
-    outputs_links: dict[tuple[int, int], list[int]] = {}
-    for node_id, (_, _, _, _, _, wires) in NODES.items():
-        for name, (source, slot) in wires.items():
-            link_id += 1
-            wire_type = OUTPUTS[NODES[source][0]][slot][1]
-            links.append([link_id, source, slot, node_id, len(inputs_of[node_id]), wire_type])
-            inputs_of[node_id].append({"name": name, "type": wire_type, "link": link_id})
-            outputs_links.setdefault((source, slot), []).append(link_id)
-    nodes = []
-    for order, (node_id, (node_type, title, pos, size, widgets, _)) in enumerate(NODES.items()):
-        node = {
-            "id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": order,
-            "mode": 0, "inputs": inputs_of[node_id],
-            "outputs": [{"name": name, "type": wire_type, "links": outputs_links.get((node_id, slot), []),
-                         "slot_index": slot} for slot, (name, wire_type) in enumerate(OUTPUTS[node_type])],
-            "properties": {"Node name for S&R": node_type}, "widgets_values": widgets,
-        }
-        if title:
-            node["title"] = title
-        nodes.append(node)
-    nodes.append({"id": 15, "type": "Note", "pos": [40, 820], "size": [330, 200], "flags": {}, "order": len(nodes),
-                  "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [NOTE]})
-    return {"last_node_id": 15, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
-            "config": {}, "extra": {}, "version": 0.4}
+def socket_names(definition: dict) -> list[str]:
+    """The inputs a node type shows as sockets (everything that is not a widget), in order."""
+    order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
+    widgets = set(widget_names(definition))
+    return [name for name in order if name not in widgets]
+
+
+def has_seed_control(name: str, spec: list) -> bool:
+    return spec[0] == "INT" and (name in SEED_NAMES or (len(spec) > 1 and bool(spec[1].get("control_after_generate"))))
+
+
+def default_value(spec: list):
+    options = spec[0] if isinstance(spec[0], list) else (spec[1].get("options") if spec[0] == "COMBO" else None)
+    settings = spec[1] if len(spec) > 1 else {}
+    if "default" in settings:
+        return settings["default"]
+    if options is not None:
+        return options[0] if options else None         # a file list may be empty: the declaration names one
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(spec[0])
+
+
+def widgets_values(node: Node, definition: dict | None) -> list:
+    if node.type == "Note":
+        return [node.values["text"]]
+    specs = {**definition["input"]["required"], **definition["input"].get("optional", {})}
+    names = widget_names(definition)
+    unknown = set(node.values) - set(names)
+    if unknown:
+        raise ValueError(f"{node.key} ({node.type}): no widget named {sorted(unknown)}; widgets are {names}")
+    values = []
+    for name in names:
+        value = node.values[name] if name in node.values else default_value(specs[name])
+        if value is None:
+            raise ValueError(f"{node.key} ({node.type}): {name} has no default, the declaration must give one")
+        values.append(value)
+        if has_seed_control(name, specs[name]):
+            values.append(SEED_CONTROL)
+    return values
+
+
+def place(columns: list[list[Node]]) -> dict[str, tuple[list[int], list[int]]]:
+    """Each node's pos and size: columns left to right, nodes stacked down a column (or at their `top`)."""
+    placed, x = {}, MARGIN
+    for column in columns:
+        y = MARGIN + TITLE_HEIGHT
+        for node in column:
+            size = list(node.size or SIZES[node.type])
+            if node.top is not None:
+                if node.top < y:
+                    raise ValueError(f"{node.key}: top {node.top} would overlap the node above it (free from {y})")
+                y = node.top
+            placed[node.key] = ([x, y], size)
+            y += size[1] + TITLE_HEIGHT + ROW_GAP
+        x += max(placed[node.key][1][0] for node in column) + COLUMN_GAP
+    return placed
+
+
+def wire(nodes: list[Node], ids: dict[str, int], info: dict) -> tuple[list[list], dict, dict]:
+    """The links ([id, source id, slot, target id, target slot, type]), each output's link ids and each wired
+    input's link id."""
+    by_key = {node.key: node for node in nodes}
+    links, outgoing, incoming = [], {}, {}
+    for node in nodes:
+        sockets = socket_names(info[node.type]) if node.type != "Note" else []
+        for name, source in node.wires.items():
+            if name not in sockets:
+                raise ValueError(f"{node.key} ({node.type}): no socket input {name!r}; sockets are {sockets}")
+            source_key, output_name = source.split(".")
+            source_info = info[by_key[source_key].type]
+            slot = source_info["output_name"].index(output_name)
+            link_id = len(links) + 1
+            links.append([link_id, ids[source_key], slot, ids[node.key], sockets.index(name),
+                          source_info["output"][slot]])
+            outgoing.setdefault((source_key, slot), []).append(link_id)
+            incoming[(node.key, name)] = link_id
+    return links, outgoing, incoming
+
+
+def sockets_and_outputs(node: Node, definition: dict, outgoing: dict, incoming: dict) -> dict:
+    specs = {**definition["input"]["required"], **definition["input"].get("optional", {})}
+    return {
+        "inputs": [{"name": name, "type": specs[name][0], "link": incoming.get((node.key, name))}
+                   for name in socket_names(definition)],
+        "outputs": [{"name": name, "type": kind, "links": outgoing.get((node.key, slot), []), "slot_index": slot}
+                    for slot, (name, kind) in enumerate(zip(definition["output_name"], definition["output"]))],
+        "properties": {"Node name for S&R": node.type},
+    }
+
+
+def build(columns: list[list[Node]], info: dict) -> dict:
+    """The workflow in the frontend's format (version 0.4): nodes with their sockets, widget values and links."""
+    nodes = [node for column in columns for node in column]
+    ids = {node.key: index for index, node in enumerate(nodes, start=1)}
+    placed = place(columns)
+    links, outgoing, incoming = wire(nodes, ids, info)
+    serialized = []
+    for order, node in enumerate(nodes):
+        definition = info.get(node.type)                       # None for the frontend's own Note
+        pos, size = placed[node.key]
+        item = {"id": ids[node.key], "type": node.type, "pos": pos, "size": size, "flags": {}, "order": order,
+                "mode": 0, "inputs": [], "outputs": [], "properties": {}}
+        if definition is not None:
+            item.update(sockets_and_outputs(node, definition, outgoing, incoming))
+        item["widgets_values"] = widgets_values(node, definition)
+        if node.title:
+            item["title"] = node.title
+        serialized.append(item)
+    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": serialized, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def live_object_info() -> dict:
+    """/object_info of a throwaway server with this pack (tests/comfyui/server.py), in COMFYUI_PATH's checkout."""
+    sys.path.insert(0, REPO_ROOT)
+    from tests.comfyui.server import ComfyServer
+
+    with tempfile.TemporaryDirectory(prefix="lora-trainer-workflows-") as base:
+        server = ComfyServer(base).start()
+        try:
+            return server.get("/object_info")
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    info = live_object_info()
+    os.makedirs(OUT_DIR, exist_ok=True)
+    for name, declare in WORKFLOWS.items():
+        path = os.path.join(OUT_DIR, f"{name}.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(build(declare(), info), handle, indent=1)
+            handle.write("\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as handle:
-        json.dump(build(), handle, indent=1)
-        handle.write("\n")
-    print(f"wrote {OUT}")
+    main()

@@ -7,6 +7,9 @@ import math
 import os
 import shutil
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
 import torch
@@ -141,6 +144,26 @@ def test_graph_trains_saves_and_previews_through_the_executor(server):
     outputs = entry["outputs"]
     assert outputs["8"]["images"] and outputs["13"]["images"]     # loss graph and KSampler preview
     assert "trained 10 step(s)" in outputs["6"]["text"][0]
+
+
+def test_live_route_serves_the_run_so_far_and_only_from_memory(server):
+    """GET /lora_trainer/live has every step of the run the page would chart; the preview route answers only for
+    a node that has a preview in memory, whatever path-like text the request carries."""
+    graph = training_graph("live_route")
+    graph["6"]["inputs"].update(vae=["1", 2], sample_every_n_steps=5, sample_prompts="sks dog --w 64 --h 64 --s 1")
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    with open(os.path.join(server.base_dir, "output", "lora-trainer", "live_route", "run.json")) as handle:
+        losses = json.load(handle)["losses"]
+    run = server.get("/lora_trainer/live")["runs"]["6"]
+    assert run["run"] == "live_route" and run["steps"] == list(range(1, 11)) and run["total"] == 10
+    assert run["losses"] == pytest.approx(losses, rel=1e-6) and run["epochs"] == 2 and run["preview_step"] == 10
+    with urllib.request.urlopen(server.url + "/api/lora_trainer/live/preview?node=6") as response:
+        assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:2] == b"\xff\xd8"
+    for node in ("7", "../../../etc/passwd", "/etc/passwd", "6/../6", ""):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.url + "/lora_trainer/live/preview?node=" + urllib.parse.quote(node))
+        assert refused.value.code == 404, node
 
 
 SERVER_CASES = {"LoRA": {}, "LoCon": dict(algorithm="LoCon"), "LoHa": dict(algorithm="LoHa"),
@@ -353,89 +376,6 @@ def test_cancel_keeps_the_trained_lora_and_the_run_resumes(server):
         finished = json.load(handle)
     assert finished["status"] == "finished" and len(finished["losses"]) == 60
     assert finished["losses"][:stopped["step"]] == stopped["losses"]
-
-
-TEMPLATE = os.path.join(harness.REPO_ROOT, "example_workflows", "train_sd15_lora.json")
-SEEDS = ("seed", "noise_seed")           # the frontend adds a control_after_generate value after these
-
-
-def widget_inputs(definition: dict, linked: set[str]) -> list[str]:
-    """The inputs a node shows as widgets, in the order of a saved workflow's widgets_values."""
-    specs = {**definition["input"]["required"], **definition["input"].get("optional", {})}
-    order = definition["input_order"]["required"] + definition["input_order"].get("optional", [])
-    return [name for name in order if name not in linked and (
-        isinstance(specs[name][0], list) or specs[name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))]
-
-
-def workflow_to_prompt(workflow: dict, info: dict) -> dict:
-    """A saved (UI) workflow as the API prompt the frontend queues for it."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node["type"] == "Note":
-            continue
-        inputs = {entry["name"]: [str(links[entry["link"]][1]), links[entry["link"]][2]]
-                  for entry in node["inputs"] if entry.get("link") is not None}
-        values = iter(node["widgets_values"])
-        for name in widget_inputs(info[node["type"]], set(inputs)):
-            inputs[name] = next(values)
-            if name in SEEDS:
-                next(values)
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
-
-
-def test_template_trains_on_cpu_with_its_default_precision(server):
-    """The template as a user queues it, with tiny models and a tiny dataset swapped in: no bf16 error."""
-    with open(TEMPLATE, encoding="utf-8") as handle:
-        prompt = workflow_to_prompt(json.load(handle), server.get("/object_info"))
-    by_type = {node["class_type"]: node for node in prompt.values()}
-    by_type["LoRATrain"]["inputs"]["output_name"] = "template_lora"
-    assert by_type["LoRATrain"]["inputs"]["precision"] == "auto"      # the template's own default, unchanged
-    checkpoint = by_type.pop("CheckpointLoaderSimple")
-    checkpoint.update(class_type="TinySD15Loader", inputs={"seed": 1})
-    by_type["LoRALoadDatasetFolder"]["inputs"]["folder"] = "dogs"
-    by_type["LoRABucketCacheLatents"]["inputs"].update(resolution=64, min_bucket_reso=64, max_bucket_reso=128)
-    by_type["LoRATrain"]["inputs"]["epochs"] = 1
-    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
-    by_type["KSampler"]["inputs"]["steps"] = 2
-    entry = server.wait(server.queue(prompt))
-    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-3000:])
-    train_id = next(key for key, node in prompt.items() if node["class_type"] == "LoRATrain")
-    summary = entry["outputs"][train_id]["text"][0]
-    assert "precision auto: fp32 (no CUDA GPU)" in summary, summary
-    assert os.path.isfile(os.path.join(server.base_dir, "models", "loras", "template_lora.safetensors"))
-
-
-def test_example_workflow_matches_the_servers_node_definitions(server):
-    """Every node type exists, widget values line up with the widget inputs, and wires connect equal types."""
-    info = server.get("/object_info")
-    with open(TEMPLATE, encoding="utf-8") as f:
-        workflow = json.load(f)
-    types = {node["type"] for node in workflow["nodes"]}
-    assert {"LoRALoadDatasetFolder", "LoRABucketCacheLatents", "LoRAConfigure", "LoRAOptimizer", "LoRATrain",
-            "LoRASaveSafetensors", "CheckpointLoaderSimple", "KSampler"} <= types
-    nodes = {node["id"]: node for node in workflow["nodes"]}
-    for node in workflow["nodes"]:
-        if node["type"] == "Note":
-            continue
-        definition = info[node["type"]]
-        required = {**definition["input"]["required"], **definition["input"].get("optional", {})}
-        linked = {entry["name"] for entry in node["inputs"]}
-        widgets = widget_inputs(definition, linked)
-        expected = len(widgets) + sum(1 for name in widgets if name in SEEDS)
-        assert len(node["widgets_values"]) == expected, (node["type"], widgets, node["widgets_values"])
-        for name, value in zip([n for n in widgets for _ in range(2 if n in SEEDS else 1)],
-                               node["widgets_values"]):
-            spec = required[name]
-            options = spec[0] if isinstance(spec[0], list) else spec[1].get("options") if spec[0] == "COMBO" else None
-            if options and name != "ckpt_name" and not isinstance(value, (int, float)):
-                assert value in options, (node["type"], name, value)
-        assert linked <= set(required), (node["type"], linked)
-    for link_id, source, slot, target, target_slot, wire in workflow["links"]:
-        assert info[nodes[source]["type"]]["output"][slot] == wire
-        target_input = nodes[target]["inputs"][target_slot]
-        assert target_input["type"] == wire and target_input["link"] == link_id
 
 
 def test_a_diverging_run_stops_with_its_causes_keeps_its_work_and_leaves_comfyui_usable(server):

@@ -1,4 +1,4 @@
-"""Test-only ComfyUI custom nodes: a loader for tiny SD1.5-topology models (CheckpointLoaderSimple only
+"""Test-only ComfyUI custom nodes: loaders for tiny SD1.5- and SDXL-topology models (CheckpointLoaderSimple only
 recognises real checkpoints) and a node that compares two MODELs' predictions on one fixed input."""
 
 import torch
@@ -17,6 +17,11 @@ class TinySD15Loader:
 
     def load(self, seed):
         return tiny_models.sd15_model(seed=seed), tiny_models.sd1_clip(seed=seed + 1), tiny_models.vae(seed=seed + 2)
+
+
+class TinySDXLLoader(TinySD15Loader):
+    def load(self, seed):
+        return tiny_models.sdxl_model(seed=seed), tiny_models.sdxl_clip(seed=seed + 1), tiny_models.vae(seed=seed + 2)
 
 
 class RunsOutOfMemory:
@@ -78,5 +83,6 @@ class ComparePredictions:
         return {"ui": {"text": [f"max_abs_diff={difference!r} lora_effect={lora_effect!r}"]}, "result": (difference,)}
 
 
-NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "ComparePredictions": ComparePredictions,
+NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "TinySDXLLoader": TinySDXLLoader,
+                       "ComparePredictions": ComparePredictions,
                        "RunsOutOfMemory": RunsOutOfMemory}
