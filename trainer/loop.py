@@ -20,6 +20,7 @@ from torch import nn
 from .autograd_weights import replace_inference_tensors
 from .checkpointing import checkpointed
 from .conditioning import sdxl_size_condition
+from .distributed import DistributedContext, check_splittable
 from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
@@ -136,11 +137,14 @@ def describe_precision(requested: str, chosen: str, compute_dtype: torch.dtype) 
 def train_lora(model: TrainableModel, cache: LatentCache, network_config: NetworkConfig,
                optimizer_config: OptimizerConfig, settings: TrainSettings,
                callbacks: TrainCallbacks | None = None, resume: TrainState | None = None,
-               validation_cache: LatentCache | None = None) -> TrainResult:
+               validation_cache: LatentCache | None = None,
+               distributed: DistributedContext | None = None) -> TrainResult:
     """Train a LoRA; with `resume`, continue a stopped run exactly where its state was taken.
 
     The validation loss is taken on `validation_cache`, or on the share of `cache` that settings.validation
-    holds out (kohya's validation_split), at the steps and epochs it names."""
+    holds out (kohya's validation_split), at the steps and epochs it names. With `distributed`, this process
+    trains its share of every batch and the gradients are summed over the processes (trainer/distributed.py);
+    every process runs every step and ends with the same LoRA."""
     callbacks = callbacks or TrainCallbacks()
     settings = settings.validated()
     optimizer_config = optimizer_config.validated()
@@ -157,6 +161,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                                                    settings.validation.seed_for(settings.seed))
     plan = plan_run(cache, settings)
     denoiser = model.denoiser
+    if distributed is not None:
+        check_splittable(network_config, denoiser.device, distributed)
 
     network_config = network_config.validated()
     targets = model.targets_for(network_config.uses_convolutions, network_config.train_unet,
@@ -194,7 +200,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     read_effective_lr = effective_learning_rate_reader(optimizer)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
-                        settings.prior_loss_weight, settings.objective)
+                        settings.prior_loss_weight, settings.objective, distributed)
     network.dropouts.generator = stepper.generator      # dropout coins follow the step's saved random stream
     validator = None
     if validation_cache is not None:
@@ -272,6 +278,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         batch_captions = [captions.caption_for(sample, epoch, draws[batch_index] + position)
                                           for position, sample in enumerate(batch)]
                         losses.append(stepper.accumulate(batch, progress.step + 1, batch_captions, accumulation))
+                    if distributed is not None:     # each process's shares become the batches' losses
+                        losses = stepper.sum_shares(losses, progress.step + 1)
                     loss = sum(losses) / len(losses)
                     skipped = stepper.apply(progress.step + 1)
                     if settings.scale_weight_norms:
@@ -348,7 +356,8 @@ class TrainStep:
 
     def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
                  optimizer_config: OptimizerConfig, captions: CaptionContexts, precision: str, seed: int,
-                 prior_loss_weight: float = 1.0, objective: ObjectiveSettings = ObjectiveSettings()):
+                 prior_loss_weight: float = 1.0, objective: ObjectiveSettings = ObjectiveSettings(),
+                 distributed: DistributedContext | None = None):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
         self.objective = build_objective(objective, denoiser.alphas_cumprod, denoiser.prediction_type,
                                          denoiser.device)
@@ -361,6 +370,7 @@ class TrainStep:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.parameters = network.trainable_parameters()
+        self.distributed = distributed      # None: the whole batch is this process's
 
     def __call__(self, batch, step: int, captions: list[str]) -> float:
         """One batch, one optimizer step."""
@@ -417,6 +427,13 @@ class TrainStep:
         raw = torch.stack(sample_latents).to(device)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = self.objective.noisy_latents_and_target(latents, self.generator)
+        batch_size = len(batch)
+        if self.distributed is not None:      # the whole batch's draws above; from here on, this process's share
+            share = self.distributed.share(batch_size)
+            if share.start == share.stop:     # a batch smaller than the world: the other processes train it
+                return 0.0
+            batch, captions, flips, sample_masks = batch[share], captions[share], flips[share], sample_masks[share]
+            noisy, timesteps, target = noisy[share], timesteps[share], target[share]
         text = self.captions.batch(captions)
         sizes = None
         if text.pooled is not None:                  # SDXL: each sample's size conditioning, as kohya's
@@ -432,13 +449,33 @@ class TrainStep:
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])
             masks = masks.to(device)[:, None]
         per_sample = self.objective.per_sample_loss(prediction, target, timesteps, masks) * weights
-        loss = self.objective.post_process_loss(per_sample, timesteps).mean()
+        per_sample = self.objective.post_process_loss(per_sample, timesteps)
+        if self.distributed is not None:
+            # this share of the batch's mean: the shares' losses and gradients add up to the whole batch's.
+            # Whether it is finite is asked of the sum (sum_shares), which every process sees alike
+            loss = per_sample.sum() / batch_size
+            self.scaler.scale(loss / divisor).backward()
+            return loss.item()
+        loss = per_sample.mean()
         value = loss.item()                        # one device sync per batch, for the check and the log
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The loss became {value} at step {step}. {self.divergence_advice()}{KEPT}")
+            raise self.diverged(value, step)
         self.scaler.scale(loss / divisor).backward()
         return value
+
+    def diverged(self, value: float, step: int) -> TrainerError:
+        return TrainerError(f"The loss became {value} at step {step}. {self.divergence_advice()}{KEPT}")
+
+    def sum_shares(self, losses: list[float], step: int) -> list[float]:
+        """The LoRA's gradients and each batch's loss summed over the processes (one all_reduce): every process
+        then holds the whole batches' gradients and losses, so all take the same optimizer step, or all stop."""
+        totals = self.distributed.sum_gradients(self.parameters, losses)
+        for value in totals:
+            if not math.isfinite(value):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise self.diverged(value, step)
+        return totals
 
     def divergence_advice(self) -> str:
         """The likely causes of a loss or gradient that is no longer finite, and what to change."""

@@ -12,13 +12,14 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import torch
 from PIL import Image
 
 from .atomic_files import write_json_atomic
+from .distributed import DistributedContext
 from .errors import ConfigError
 from .families import FAMILIES, Family
 from .interfaces import TrainableModel
@@ -222,18 +223,60 @@ def average_loss(losses: list[float]) -> float:
     return sum(recent) / len(recent)
 
 
+def moving_averages(losses: list[float]) -> list[float]:
+    """average_loss after each step, in one pass (a long resumed run has many thousands)."""
+    averages, window_sum = [], 0.0
+    for index, loss in enumerate(losses):
+        window_sum += loss - (losses[index - AVERAGE_WINDOW] if index >= AVERAGE_WINDOW else 0.0)
+        averages.append(window_sum / min(index + 1, AVERAGE_WINDOW))
+    return averages
+
+
+def epoch_of_step(step: int, plan: TrainPlan) -> int:
+    """The epoch a step belongs to, counted from 1 (0 before the first step), as the progress line shows it."""
+    return -(-step // plan.steps_per_epoch)
+
+
 def start_event(run_name: str, plan: TrainPlan, resume: TrainState | None) -> dict:
     """The progress event that starts a run's chart; a resumed run's chart starts with the points it had."""
-    event = {"started": True, "run": run_name, "step": resume.step if resume else 0, "total": plan.total_steps,
-             "epoch": (resume.step // plan.steps_per_epoch) if resume else 0, "epochs": plan.epochs}
+    step = resume.step if resume else 0
+    event = {"started": True, "run": run_name, "step": step, "total": plan.total_steps,
+             "epoch": epoch_of_step(step, plan), "epochs": plan.epochs}
     if resume and resume.losses:
         losses = list(resume.losses)
-        averages = [average_loss(losses[:count]) for count in range(1, len(losses) + 1)]
+        averages = moving_averages(losses)
         effective = list(resume.effective_learning_rates) or list(resume.learning_rates)
         event["history"] = {"steps": list(range(1, len(losses) + 1)), "losses": losses, "averages": averages,
                             "lrs": list(resume.learning_rates), "effective": effective,
                             "validation": [list(pair) for pair in resume.validation_losses]}
     return event
+
+
+def run_to_start(folders: RunFolders, resume_from: str, output_name: str) -> tuple[TrainState | None, str]:
+    """(the state a resumed run continues from, or None; the run's name): resume_from's own, else the output
+    name, numbered when taken."""
+    resume = resumable_state(folders, resume_from) if resume_from.strip() else None
+    return resume, checked_run_name(resume_from, "resume_from") if resume else unused_run_name(folders, output_name)
+
+
+def callbacks_for_rank(callbacks: TrainCallbacks, distributed: DistributedContext) -> TrainCallbacks:
+    """A process's part of the host's callbacks: rank 0 reports, writes (saves, states, the run log, the
+    interrupted LoRA) and renders previews; every process waits at each save and preview until rank 0 is
+    done, so all go on together. Cancel is asked on every process."""
+    def then_wait(work):
+        if work is None:
+            return None
+
+        def run(*args) -> None:
+            if distributed.is_main:
+                work(*args)
+            distributed.barrier()
+        return run
+
+    waiting = {"on_checkpoint": then_wait(callbacks.on_checkpoint), "on_sample": then_wait(callbacks.on_sample)}
+    if distributed.is_main:
+        return replace(callbacks, **waiting)
+    return TrainCallbacks(check_cancel=callbacks.check_cancel, **waiting)
 
 
 def run_session(trainable: TrainableModel, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
@@ -242,21 +285,27 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                 check_cancel: Callable[[], None] | None = None,
                 is_cancel: Callable[[BaseException], bool] = lambda exc: False, clip_skip: int | None = None,
                 resume_from: str = "", validation_latents: LatentCache | None = None,
-                on_sample: Callable[[TrainProgress, str], None] | None = None) -> SessionResult:
+                on_sample: Callable[[TrainProgress, str], None] | None = None,
+                distributed: DistributedContext | None = None) -> SessionResult:
     """One training run with everything it leaves behind (intermediate saves with states, the run log, the
     interrupted LoRA and state on Cancel or an error). `progress(total_steps)` makes where progress goes;
     `on_sample(progress, run_folder)` renders previews (the host's, with the LoRA attached).
 
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
+    With `distributed` (one call on every process of a torchrun run), rank 0 names the run, reads its state,
+    writes every file and reports progress; all processes train (trainer/distributed.py) and return the same
+    LoRA. The host writes its own files (the final LoRA) on rank 0 only.
     """
     settings = settings.validated()
     check_latents_fit(latents, FAMILIES[trainable.base_model_version])
     plan = plan_run(latents, settings)
     denoiser = trainable.denoiser
     precision = training_precision(settings.precision, denoiser.device, denoiser.compute_dtype)
-    resume = resumable_state(folders, resume_from) if resume_from.strip() else None
-    run_name = checked_run_name(resume_from, "resume_from") if resume else unused_run_name(folders,
-                                                                                              settings.output_name)
+    if distributed is None:
+        resume, run_name = run_to_start(folders, resume_from, settings.output_name)
+    else:           # one name and one state for all: rank 0 looks at the folders, the others are told
+        resume, run_name = distributed.from_main(lambda: run_to_start(folders, resume_from, settings.output_name))
+    writes = distributed is None or distributed.is_main      # the one process that writes and reports the run
     session_id = new_session_id()
     prediction_type = denoiser.prediction_type
     fp8_base = any(p.dtype in FP8_DTYPES for p in trainable.frozen_root.parameters())
@@ -273,11 +322,13 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                            latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps, denoiser.device.type), plan.describe(),
                            settings.objective.describe(),
-                           f"batch {settings.batch_size}, seed {settings.seed}, "
+                           f"batch {settings.batch_size}"
+                           + (f" over {distributed.world_size} processes" if distributed else "")
+                           + f", seed {settings.seed}, "
                            + ("gradient checkpointing, " if settings.gradient_checkpointing else "")
                            + f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
-    reporter = progress(plan.total_steps) if progress else _NoProgress()
+    reporter = progress(plan.total_steps) if progress and writes else _NoProgress()
     reporter.update(resume.step if resume else 0, f"run {run_name}: {plan.total_steps} steps",
                     start_event(run_name, plan, resume))
 
@@ -297,7 +348,7 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                 + f"  {speed:.2f} step/s  {left / 60:.1f} min left")
         event = {"step": progress.step, "total": total, "loss": loss, "average_loss": average, "lr": lr,
                  "effective_lr": effective, "steps_per_second": speed, "seconds_left": left,
-                 "epoch": -(-progress.step // plan.steps_per_epoch), "epochs": plan.epochs}
+                 "epoch": epoch_of_step(progress.step, plan), "epochs": plan.epochs, "run": run_name}
         if progress.validation_losses and progress.validation_losses[-1][0] == progress.step:
             event["validation_loss"] = progress.validation_losses[-1][1]
         reporter.update(progress.step, text, event)
@@ -330,15 +381,18 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                    f"same settings, type {run_name} into Train's resume_from and queue again; with other settings, "
                    "start a new run with Configure LoRA's continue_from set to that file")
         logging.warning(message)
-        reporter.update(progress.step, message)
+        reporter.update(progress.step, message, {"step": progress.step, "run": run_name,
+                                                 "status": "cancelled" if is_cancel(exc) else "stopped by an error"})
 
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
                                on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation,
                                on_sample=(lambda p: on_sample(p, folders.run_folder(run_name))) if on_sample else None)
+    if distributed is not None:
+        callbacks = callbacks_for_rank(callbacks, distributed)
     started = time.perf_counter()
     with torch.inference_mode(False):
         result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume,
-                            validation_cache=validation_latents)
+                            validation_cache=validation_latents, distributed=distributed)
     seconds = time.perf_counter() - started
 
     metadata = metadata_for(result.progress)
@@ -352,7 +406,12 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
         f"mean {sum(losses) / len(losses):.4f}",
         f"{len(lora.module_names)} LoRA modules" + (f"; saved {', '.join(recorder.files)}" if recorder.files else ""),
     ])
-    recorder.write_log("finished", result.progress, plan_text, {"seconds": seconds})
+    if writes:
+        recorder.write_log("finished", result.progress, plan_text, {"seconds": seconds})
+        reporter.update(result.progress.step, None, {"step": result.progress.step, "run": run_name,
+                                                     "status": "finished"})
+    if distributed is not None:             # the run is over for all when its log is written
+        distributed.barrier()
     image = draw_loss_plot(losses, title=f"{run_name} loss", learning_rates=result.progress.learning_rates,
                            effective_learning_rates=result.progress.effective_learning_rates,
                            validation_losses=result.progress.validation_losses)
