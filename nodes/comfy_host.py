@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 from ..trainer.errors import ConfigError
 from ..trainer.paths import LATENT_CACHE_FOLDER, checked_run_name, is_inside, resolve_folder
 
 RUN_DATA_FOLDER = "lora-trainer"
 EVENT_PROGRESS = "lora_trainer.progress"
+SHOW_EVERY_SECONDS = 0.25                  # the progress bar and text line, at most 4 times a second
 LIVE_ATTRIBUTE = "lora_trainer_live"       # the LiveRuns the server holds (nodes/live_view.py)
 
 
@@ -100,18 +102,25 @@ class ProgressReporter:
         self.node_id = node_id
         self.total = total
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.last_shown = -float("inf")
 
     def update(self, value: int, text: str | None = None, event: dict | None = None) -> None:
-        self.bar.update_absolute(value, self.total)
+        # the bar and the text line redraw the node in the page: at most SHOW_EVERY_SECONDS apart (a GPU runs
+        # 10+ steps a second), always for the last step and for a run's start and end; the chart's events all go
+        now = time.monotonic()
+        key_moment = value >= self.total or (event is not None and ("started" in event or "status" in event))
         server = _server()
+        if key_moment or now - self.last_shown >= SHOW_EVERY_SECONDS:
+            self.last_shown = now
+            self.bar.update_absolute(value, self.total)
+            if text and server is not None and self.node_id is not None:
+                server.send_progress_text(text, self.node_id)
         if server is None or self.node_id is None:
             return
-        if text:
-            server.send_progress_text(text, self.node_id)
         if event is not None:
             live = getattr(server, LIVE_ATTRIBUTE, None)
             if live is not None:
-                live.record(str(self.node_id), event)
+                event = {**event, "run_id": live.record(str(self.node_id), event)}
             if "history" in event:     # a resumed run's earlier points: the page asks the route for them
                 event = {key: value for key, value in event.items() if key != "history"}
             server.send_sync(EVENT_PROGRESS, {"node": self.node_id, **event}, None)
@@ -119,14 +128,14 @@ class ProgressReporter:
     def preview(self, value: int, image) -> None:
         """An image shown on the node (the last in-training preview), kept in memory for the preview route."""
         server = _server()
-        if server is None or self.node_id is None:
+        live = getattr(server, LIVE_ATTRIBUTE, None) if server is not None else None
+        if live is None or self.node_id is None:
             return
-        live = getattr(server, LIVE_ATTRIBUTE, None)
-        if live is not None:
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=90)
-            live.preview(str(self.node_id), buffer.getvalue())
-        self.update(value, None, {"step": value, "preview_step": value})
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=90)
+        event = live.preview(str(self.node_id), value, buffer.getvalue())
+        if event:
+            self.update(value, None, event)
 
 
 def attach_live_view() -> None:

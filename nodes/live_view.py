@@ -21,12 +21,14 @@ MAX_NODES = 8              # Train nodes remembered; the oldest run is forgotten
 SERIES = ("steps", "losses", "averages", "lrs", "effective")
 
 
-def thinned(series: dict[str, list]) -> None:
-    """Halve every series (keep every second point) once they are over MAX_POINTS: the chart keeps the shape
+def thin_in_place(run: dict) -> None:
+    """Halve every series (keep every second point) while they are over MAX_POINTS: the chart keeps the shape
     of the whole run, as the page's own copy does."""
-    if len(series["steps"]) > MAX_POINTS:
+    while len(run["steps"]) > MAX_POINTS:
         for name in SERIES:
-            series[name] = series[name][::2]
+            run[name] = run[name][::2]
+    while len(run["validation"]) > MAX_POINTS:
+        run["validation"] = run["validation"][::2]
 
 
 class LiveRuns:
@@ -34,19 +36,22 @@ class LiveRuns:
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, dict] = OrderedDict()
         self._previews: dict[str, bytes] = {}
+        self._started_runs = 0
 
-    def record(self, node_id: str, event: dict) -> None:
-        """One progress event of a Train node, as sent to the page."""
+    def record(self, node_id: str, event: dict) -> int:
+        """One progress event of a Train node, as sent to the page; returns the id of the run it belongs to
+        (one per started run, increasing), which the page uses to tell runs apart."""
         with self._lock:
             if event.get("started") or node_id not in self._runs:
-                self._runs[node_id] = self._new_run(event)
+                self._started_runs += 1
+                self._runs[node_id] = self._new_run(event, self._started_runs)
                 self._runs.move_to_end(node_id)
                 self._previews.pop(node_id, None)
                 while len(self._runs) > MAX_NODES:
                     forgotten, _ = self._runs.popitem(last=False)
                     self._previews.pop(forgotten, None)
             run = self._runs[node_id]
-            for key in ("total", "epoch", "epochs", "seconds_left", "steps_per_second", "status"):
+            for key in ("run", "total", "epoch", "epochs", "seconds_left", "steps_per_second", "status"):
                 if key in event:
                     run[key] = event[key]
             if "validation_loss" in event:
@@ -55,22 +60,29 @@ class LiveRuns:
                 for name, value in zip(SERIES, (event["step"], event["loss"], event.get("average_loss", event["loss"]),
                                                 event.get("lr", 0.0), event.get("effective_lr", event.get("lr", 0.0)))):
                     run[name].append(value)
-                thinned(run)
-            if "preview_step" in event:
-                run["preview_step"] = event["preview_step"]
+            thin_in_place(run)
+            return run["run_id"]
 
     @staticmethod
-    def _new_run(event: dict) -> dict:
+    def _new_run(event: dict, run_id: int) -> dict:
         history = event.get("history") or {}
-        run = {"run": event.get("run", ""), "validation": [list(pair) for pair in history.get("validation", [])]}
+        run = {"run": event.get("run", ""), "run_id": run_id, "preview_count": 0,
+               "validation": [list(pair) for pair in history.get("validation", [])]}
         for name in SERIES:
             run[name] = list(history.get(name, []))
+        thin_in_place(run)
         return run
 
-    def preview(self, node_id: str, image_bytes: bytes) -> None:
+    def preview(self, node_id: str, step: int, image_bytes: bytes) -> dict:
+        """Keeps a node's newest preview; returns the event that tells the page (its step and number)."""
         with self._lock:
-            if node_id in self._runs:
-                self._previews[node_id] = image_bytes
+            run = self._runs.get(node_id)
+            if run is None:
+                return {}
+            run["preview_count"] += 1
+            run["preview_step"] = step
+            self._previews[node_id] = image_bytes
+            return {"step": step, "preview_step": step, "preview_count": run["preview_count"]}
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -60,7 +60,7 @@ for checkout in "${checkouts[@]}"; do
   grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ;]|$)' "$checkout/requirements.txt" > "$checkout/.venv/comfyui-requirements.txt"
   "$checkout/.venv/bin/python" -m pip install --quiet -c "$checkout/.venv/torch-constraints.txt" \
     -r "$checkout/.venv/comfyui-requirements.txt"
-  # the frontend check (a slow test) drives Debian's chromium with playwright, where chromium is installed
+  # the browser test (tests/comfyui/test_frontend.py) drives Debian's chromium with playwright, where it is installed
   if command -v chromium > /dev/null; then
     "$checkout/.venv/bin/python" -m pip install --quiet -c "$checkout/.venv/torch-constraints.txt" playwright
   fi

@@ -14,23 +14,28 @@ const COLORS = { loss: "#6cf", average: "#fff", validation: "#f55", lr: "#b9f", 
 const CHART_HEIGHT = 130;
 const PREVIEW_HEIGHT = 220;
 
-const runs = new Map();              // node id -> the run its chart draws
+const runs = new Map();              // execution node id ("6", or "12:6" inside a subgraph) -> its run's chart
 const views = new Set();             // the views on the canvas now
 
+// every event carries the server's run_id (one per started run, increasing), so a page can tell runs apart
 const newRun = (from = {}) => ({
-  run: from.run ?? "", total: from.total ?? 0, epoch: from.epoch ?? 0, epochs: from.epochs ?? 0,
-  seconds_left: from.seconds_left, steps_per_second: from.steps_per_second, preview_step: from.preview_step,
+  run: from.run ?? "", run_id: from.run_id ?? -1, total: from.total ?? 0, epoch: from.epoch ?? 0,
+  epochs: from.epochs ?? 0, seconds_left: from.seconds_left, steps_per_second: from.steps_per_second,
+  status: from.status, preview_step: from.preview_step, preview_count: from.preview_count,
   validation: (from.validation ?? []).map((pair) => [...pair]),
   ...Object.fromEntries(SERIES.map((name) => [name, [...(from[name] ?? [])]])),
 });
 
-// a node inside a subgraph runs as "<subgraph node>:<its id>"; the canvas node knows only the last part
-const nodeKey = (id) => String(id).split(":").pop();
+const thinInPlace = (run) => {
+  if (run.steps.length > MAX_POINTS) for (const name of SERIES) run[name] = run[name].filter((_, i) => i % 2 === 0);
+  if (run.validation.length > MAX_POINTS) run.validation = run.validation.filter((_, i) => i % 2 === 0);
+};
 
 function record(key, event) {
   let run = runs.get(key);
-  if (event.started || !run) run = newRun(event);
-  for (const name of ["total", "epoch", "epochs", "seconds_left", "steps_per_second"]) {
+  if (event.started || !run || (event.run_id !== undefined && event.run_id !== run.run_id)) run = newRun(event);
+  for (const name of ["run", "run_id", "total", "epoch", "epochs", "seconds_left", "steps_per_second", "status",
+    "preview_step", "preview_count"]) {
     if (event[name] !== undefined) run[name] = event[name];
   }
   if (event.validation_loss !== undefined) run.validation.push([event.step, event.validation_loss]);
@@ -40,9 +45,8 @@ function record(key, event) {
     run.averages.push(event.average_loss ?? event.loss);
     run.lrs.push(event.lr ?? 0);
     run.effective.push(event.effective_lr ?? event.lr ?? 0);
-    if (run.steps.length > MAX_POINTS) for (const name of SERIES) run[name] = run[name].filter((_, i) => i % 2 === 0);
   }
-  if (event.preview_step !== undefined) run.preview_step = event.preview_step;
+  thinInPlace(run);
   runs.set(key, run);
 }
 
@@ -52,24 +56,52 @@ async function loadRunsSoFar() {
     if (!response.ok) return;
     const { runs: saved } = await response.json();
     for (const [key, run] of Object.entries(saved ?? {})) {
-      const local = runs.get(nodeKey(key));
-      if (local && local.run && local.run !== run.run) continue;      // a newer run started meanwhile
+      const local = runs.get(key);
+      if (local && local.run_id > run.run_id) continue;              // a newer run started meanwhile: keep it
       const merged = newRun(run);
       merged.restored_points = merged.steps.length;
-      // events that arrived while the request was out are newer than the copy it returns: keep them
-      const lastSaved = merged.steps.length ? last(merged.steps) : -1;
-      (local?.steps ?? []).forEach((step, i) => {
-        if (step > lastSaved) for (const name of SERIES) merged[name].push(local[name][i]);
-      });
-      for (const pair of local?.validation ?? []) if (pair[0] > lastSaved) merged.validation.push(pair);
-      if (local?.preview_step !== undefined) merged.preview_step = local.preview_step;
-      runs.set(nodeKey(key), merged);
+      if (local && local.run_id === run.run_id) {
+        // events of this run that arrived while the request was out are newer than the copy: keep them
+        const lastSaved = merged.steps.length ? last(merged.steps) : -1;
+        local.steps.forEach((step, i) => {
+          if (step > lastSaved) for (const name of SERIES) merged[name].push(local[name][i]);
+        });
+        for (const pair of local.validation) if (pair[0] > lastSaved) merged.validation.push(pair);
+        for (const name of ["status", "preview_step", "preview_count"]) merged[name] = local[name] ?? merged[name];
+      }
+      runs.set(key, merged);
     }
-    for (const view of views) view.refresh();
+    for (const view of views) view.schedule();
   } catch (error) {
     console.warn("comfyui-lora-trainer: could not load the runs so far", error);
   }
 }
+
+// The execution id of a canvas node: its id at the top level; inside a subgraph the run's id ends in ":<id>"
+// (the newest such run; the canvas node does not know its subgraph's path).
+function executionKey(node) {
+  const topLevel = !node.graph || node.graph === app.graph || node.graph === app.rootGraph || !node.graph.isSubgraph;
+  if (topLevel) return String(node.id);
+  let best = null;
+  for (const [key, run] of runs) {
+    if (key.includes(":") && key.endsWith(`:${node.id}`) && (!best || run.run_id > runs.get(best).run_id)) best = key;
+  }
+  return best ?? `?:${node.id}`;
+}
+
+// Whether the run on this id is this node's: run ids repeat across workflows (several templates have Train at
+// the same id), so a run is drawn on a node whose output_name (or resume_from) names it
+function runOfNode(node, run) {
+  if (!run) return null;
+  const names = ["output_name", "resume_from"].map((name) => node.widgets?.find((w) => w.name === name)?.value)
+    .filter((value) => typeof value === "string" && value.trim());
+  if (!names.length || !run.run) return run;
+  const own = names.some((name) => run.run === name.trim()
+    || new RegExp(`^${escapeRegExp(name.trim())}_\\d+$`).test(run.run));
+  return own ? run : null;
+}
+
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 function formatSeconds(seconds) {
   if (seconds === undefined || !isFinite(seconds)) return "";
@@ -105,7 +137,9 @@ function drawChart(canvas, run) {
   }
   const pad = { left: 6, right: 6, top: 8, bottom: 8 };
   const first = run.steps[0];
-  const end = Math.max(run.total || 0, last(run.steps));
+  // the x axis spans the points drawn (how far along the run is, the caption says): a long run's first
+  // hundred steps still fill the chart
+  const end = last(run.steps);
   const validation = run.validation.filter(([step]) => step >= first);
   const values = run.losses.concat(validation.map(([, value]) => value));
   const low = Math.min(...values);
@@ -160,7 +194,7 @@ function captionLines(run) {
   const place = [`step ${step}/${run.total}`];
   if (run.epochs) place.push(`epoch ${run.epoch}/${run.epochs}`);
   if (run.steps_per_second) place.push(`${run.steps_per_second.toFixed(2)} step/s`);
-  const left = step >= run.total ? "done" : formatSeconds(run.seconds_left);
+  const left = run.status ?? (step >= run.total ? "done" : formatSeconds(run.seconds_left));
   if (left) place.push(left);
   const values = [swatch(COLORS.loss, `loss ${last(run.losses).toFixed(4)}`),
     swatch(COLORS.average, `avg ${last(run.averages).toFixed(4)}`)];
@@ -207,8 +241,8 @@ function addTrainView(node) {
       });
     },
     refresh() {
-      const key = nodeKey(node.id);
-      const run = runs.get(key);
+      const key = executionKey(node);
+      const run = runOfNode(node, runs.get(key));
       root.dataset.restoredPoints = String(run?.restored_points ?? -1);
       drawChart(canvas, run);
       const [first, second] = captionLines(run);
@@ -216,18 +250,24 @@ function addTrainView(node) {
       values.innerHTML = second;
       root.dataset.points = String(run?.steps.length ?? 0);
       root.dataset.step = String(run?.steps.length ? last(run.steps) : 0);
-      const previewStep = run?.preview_step;
-      if (previewStep !== undefined && preview.dataset.step !== String(previewStep)) {
-        preview.dataset.step = String(previewStep);
-        preview.src = api.apiURL(`/lora_trainer/live/preview?node=${encodeURIComponent(key)}&step=${previewStep}`);
+      // each preview of a run has its own number (several sample prompts share a step): the URL names the
+      // run and that number, so a browser cache never shows an older image
+      const shown = run?.preview_count ? `${run.run_id}-${run.preview_count}` : undefined;
+      if (shown !== undefined && preview.dataset.shown !== shown) {
+        preview.dataset.shown = shown;
+        preview.src = api.apiURL(`/lora_trainer/live/preview?node=${encodeURIComponent(key)}&n=${shown}`);
         preview.style.display = "block";
-      } else if (previewStep === undefined && preview.dataset.step) {
-        delete preview.dataset.step;
-        preview.removeAttribute("src");
-        preview.style.display = "none";
+      } else if (shown === undefined && preview.dataset.shown) {
+        hidePreview();
       }
     },
   };
+  const hidePreview = () => {
+    delete preview.dataset.shown;
+    preview.removeAttribute("src");
+    preview.style.display = "none";
+  };
+  preview.addEventListener("error", hidePreview);        // gone from the server (restarted): no broken box
   const height = () => CHART_HEIGHT + 2 * 14 + 12 + (preview.style.display === "none" ? 0 : PREVIEW_HEIGHT + 3);
   node.addDOMWidget("lora_trainer_live", "lora_trainer_live", root, {
     serialize: false, hideOnZoom: false, getMinHeight: height, getMaxHeight: height, getHeight: height,
@@ -238,7 +278,8 @@ function addTrainView(node) {
     if (needed > node.size[1]) node.setSize([node.size[0], needed]);
     node.setDirtyCanvas?.(true, true);
   });
-  new ResizeObserver(() => view.refresh()).observe(canvas);
+  view.resizes = new ResizeObserver(() => view.schedule());
+  view.resizes.observe(canvas);
   return view;
 }
 
@@ -279,7 +320,8 @@ function addSummaryView(node, withBuckets) {
     serialize: false, hideOnZoom: false, getMinHeight: height, getMaxHeight: height, getHeight: height,
   });
   let buckets = [];
-  if (canvas) new ResizeObserver(() => drawBuckets(canvas, buckets)).observe(canvas);
+  const resizes = canvas ? new ResizeObserver(() => drawBuckets(canvas, buckets)) : null;
+  resizes?.observe(canvas);
   const onExecuted = node.onExecuted;
   node.onExecuted = function (output) {
     onExecuted?.apply(this, arguments);
@@ -289,15 +331,18 @@ function addSummaryView(node, withBuckets) {
     root.dataset.buckets = String(buckets.length);
     root.dataset.shown = "1";
   };
+  return () => resizes?.disconnect();
 }
 
 app.registerExtension({
   name: "comfyui-lora-trainer.live-loss",
   setup() {
     api.addEventListener(EVENT, ({ detail }) => {
-      const key = nodeKey(detail.node);
+      const key = String(detail.node);
       record(key, detail);
-      for (const view of views) if (nodeKey(view.node.id) === key) view.schedule();
+      // a resumed run starts with its earlier points, which the server keeps (the event does not carry them)
+      if (detail.started && detail.step > 0) loadRunsSoFar();
+      for (const view of views) if (executionKey(view.node) === key) view.schedule();
     });
     // a reconnect (server restarted, page woke up) may have missed events: take the server's copy again
     api.addEventListener("reconnected", loadRunsSoFar);
@@ -305,17 +350,24 @@ app.registerExtension({
   },
   nodeCreated(node) {
     const type = node.comfyClass ?? node.type;
+    let release = null;
     if (type === "LoRATrain") {
       const view = addTrainView(node);
       views.add(view);
-      const onRemoved = node.onRemoved;
-      node.onRemoved = function () {
+      release = () => {
         views.delete(view);
-        return onRemoved?.apply(this, arguments);
+        view.resizes.disconnect();
       };
       requestAnimationFrame(() => view.refresh());
     } else if (type === "LoRALoadDatasetFolder" || type === "LoRABucketCacheLatents") {
-      addSummaryView(node, type === "LoRABucketCacheLatents");
+      release = addSummaryView(node, type === "LoRABucketCacheLatents");
+    }
+    if (release) {
+      const onRemoved = node.onRemoved;
+      node.onRemoved = function () {
+        release();
+        return onRemoved?.apply(this, arguments);
+      };
     }
   },
 });

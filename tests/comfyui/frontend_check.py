@@ -73,17 +73,22 @@ def missing_reason() -> str | None:
     return None
 
 
-def live_graph(output_name: str, steps: int) -> dict:
-    """The tests' tiny training graph (ids as in the template) with previews every few steps."""
+RUN_STEPS = 5000          # longer than the checks need: the test ends the run with Cancel once it has seen enough
+EVERY = 30                # previews and validation losses every EVERY steps
+SHORT_RUN_STEPS = 12      # the second run, which must start a new chart
+
+
+def live_graph(output_name: str) -> dict:
+    """The tests' tiny training graph with previews and validation losses every few steps."""
     from .test_workflow_server import training_graph
 
     graph = training_graph(output_name, epochs=0)
-    graph["6"]["inputs"].update(max_steps=steps, vae=["1", 2], sample_every_n_steps=max(1, steps // 6),
+    graph["6"]["inputs"].update(max_steps=RUN_STEPS, vae=["1", 2], sample_every_n_steps=EVERY,
                                 sample_prompts="a photo of sks dog --w 64 --h 64 --s 2 --d 1",
-                                validation_split=0.34, validate_every_n_steps=max(1, steps // 10),
-                                validate_every_n_epochs=0)
+                                validation_split=0.34, validate_every_n_steps=EVERY, validate_every_n_epochs=0)
     # an adaptive optimizer, so the chart has an effective lr beside the scheduled one
-    graph["5"]["inputs"].update(optimizer_type="DAdaptation", learning_rate=1.0, lr_scheduler="constant")
+    graph["5"]["inputs"].update(optimizer_type="DAdaptation", learning_rate=1.0, lr_scheduler="constant",
+                                lr_warmup=0.0)
     return graph
 
 
@@ -126,7 +131,34 @@ def open_page(page, url: str) -> None:
     page.wait_for_function("window.app && window.app.graph", timeout=120_000)
 
 
-def check_in_frontend(out_dir: str, vue_nodes: bool = False, steps: int = 400) -> dict:
+# the frontend's own prompt for the loaded graph (what Queue would send)
+FRONTEND_PROMPT = """async () => (await window.app.graphToPrompt()).output"""
+
+
+def template_prompt_mismatches(page, info: dict) -> list[str]:
+    """Each template loaded in the page and turned into a prompt by the frontend itself, against the prompt the
+    template tests queue (workflow_to_prompt): a widget list out of order shows up here."""
+    from .test_example_workflows import WORKFLOWS, load_workflow, workflow_to_prompt
+
+    mismatches = []
+    for name in WORKFLOWS:
+        workflow = load_workflow(name)
+        page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+        ours, theirs = workflow_to_prompt(workflow, info), page.evaluate(FRONTEND_PROMPT)
+        for node_id in sorted(set(ours) | set(theirs)):
+            mine, frontend = ours.get(node_id), theirs.get(node_id)
+            if mine is None or frontend is None or mine["class_type"] != frontend["class_type"]:
+                mismatches.append(f"{name}: node {node_id} is {mine and mine['class_type']} here, "
+                                  f"{frontend and frontend['class_type']} in the frontend")
+                continue
+            for key in sorted(set(mine["inputs"]) | set(frontend["inputs"])):
+                if mine["inputs"].get(key) != frontend["inputs"].get(key):
+                    mismatches.append(f"{name}: node {node_id} {key} = {mine['inputs'].get(key)!r} here, "
+                                      f"{frontend['inputs'].get(key)!r} in the frontend")
+    return mismatches
+
+
+def check_in_frontend(out_dir: str, vue_nodes: bool = False) -> dict:
     """Runs the check; returns what it saw and writes template.png, live_loss.png, after_reload.png and
     train_node.png (the Train node's chart and preview, mid-run) into out_dir."""
     from playwright.sync_api import sync_playwright
@@ -153,11 +185,14 @@ def check_in_frontend(out_dir: str, vue_nodes: bool = False, steps: int = 400) -
                 "() => window.app.graph._nodes.map(n => [n.id, n.type, (n.widgets || []).length])")
             seen["extensions"] = page.evaluate("() => window.app.extensions.map(e => e.name)")
             train_node = next(str(node["id"]) for node in workflow["nodes"] if node["type"] == "LoRATrain")
+            # the chart is drawn on the Train node whose output_name names the run: queue under the template's
+            output_name = page.evaluate(f"""() => window.app.graph.getNodeById({train_node})
+                .widgets.find(w => w.name === "output_name").value""")
             page.screenshot(path=os.path.join(out_dir, "template.png"))
             page.evaluate(SHOW_TRAIN_CHART, train_node)
             page.evaluate(COUNT_PROGRESS_EVENTS)
             server.client_id = page.evaluate(CLIENT_ID)
-            prompt_id = server.queue(with_ids_of(live_graph("frontend_check", steps), workflow))
+            prompt_id = server.queue(with_ids_of(live_graph(output_name), workflow))
 
             # while it trains: points arrive, then more; the dataset and bucket summaries show
             first = wait_for(page, lambda s: s["points"] >= 3, 120, "the first chart points")
@@ -180,23 +215,33 @@ def check_in_frontend(out_dir: str, vue_nodes: bool = False, steps: int = 400) -
 
             # then the in-training preview, and the chart well under way (the README's picture)
             wait_for(page, lambda s: s["preview_loaded"], 120, "the in-training preview")
-            wait_for(page, lambda s: s["points"] >= steps * 0.4, 120, "the run to get under way")
+            wait_for(page, lambda s: s["points"] >= 6 * EVERY, 120, "the run to get under way")
             page.evaluate(SHOW_TRAIN_CHART, train_node)
             time.sleep(0.3)
             page.screenshot(path=os.path.join(out_dir, "live_loss.png"))
-            box = page.locator(".lora-trainer-live").bounding_box()
+            box = page.evaluate("""() => {
+              const r = document.querySelector(".lora-trainer-live")?.getBoundingClientRect();
+              return r && r.width ? { x: r.x, y: r.y, width: r.width, height: r.height } : null;
+            }""")
             if box:
                 page.screenshot(path=os.path.join(out_dir, "train_node.png"),
                                 clip={"x": max(0, box["x"] - 12), "y": max(0, box["y"] - 10),
                                       "width": box["width"] + 24, "height": box["height"] + 20})
-            page.evaluate(COUNT_PROGRESS_EVENTS)
+            # Cancel ends the run; the chart says so and holds what the server holds
+            server.post("/interrupt")
             entry = server.wait(prompt_id)
-            time.sleep(1.0)
-            seen["progress_events_after_reload"] = page.evaluate("() => window.__loraEvents")
-            seen["final"] = page.evaluate(READ_VIEWS)
-            seen["status"] = entry["status"]["status_str"]
+            seen["final"] = wait_for(page, lambda s: "cancelled" in s["caption"], 60, "the cancelled run's caption")
+            seen["status_messages"] = [kind for kind, _ in entry["status"]["messages"]]
+            seen["live_route"] = server.get("/lora_trainer/live")["runs"].get(train_node, {})
+
+            # the next run on the node starts a new chart: its own points only, no preview of the last run
+            short = with_ids_of(live_graph(output_name), workflow)
+            short[train_node]["inputs"].update(max_steps=SHORT_RUN_STEPS, sample_every_n_steps=0)
+            second = server.wait(server.queue(short))
+            seen["second_run"] = {"status": second["status"]["status_str"],
+                                  **wait_for(page, lambda s: "finished" in s["caption"], 60, "the second run's end")}
+            seen["template_mismatches"] = template_prompt_mismatches(page, server.get("/object_info"))
             browser.close()
-        seen["live_route"] = server.get("/lora_trainer/live")["runs"].get(train_node, {})
         seen["frontend_log"] = server.read_log()
         return seen
     finally:

@@ -25,16 +25,20 @@ def test_a_started_run_replaces_the_nodes_chart_and_keeps_each_series(live_view)
     for step in (1, 2, 3):
         live.record("6", step_event(step))
     live.record("6", {"step": 3, "validation_loss": 0.5})
-    live.preview("6", b"jpeg")
-    live.record("6", {"step": 3, "preview_step": 3})
+    assert live.preview("6", 3, b"first") == {"step": 3, "preview_step": 3, "preview_count": 1}
+    assert live.preview("6", 3, b"jpeg")["preview_count"] == 2             # a second prompt at the same step
+    assert live.preview("7", 3, b"jpeg") == {}                               # no run on that node: nothing kept
     run = live.snapshot()["6"]
     assert run["run"] == "first" and run["steps"] == [1, 2, 3] and run["losses"] == [1.0, 0.5, 1 / 3]
     assert run["averages"] == [2.0, 1.0, 2 / 3] and run["effective"] == [3e-4] * 3 and run["lrs"] == [1e-4] * 3
     assert run["validation"] == [[3, 0.5]] and run["preview_step"] == 3 and live.preview_bytes("6") == b"jpeg"
+    assert live.preview_bytes("7") is None
+    first_id = run["run_id"]
 
-    live.record("6", {"started": True, "run": "second", "step": 0, "total": 50})
+    assert live.record("6", {"started": True, "run": "second", "step": 0, "total": 50}) > first_id
     run = live.snapshot()["6"]
     assert run["run"] == "second" and run["steps"] == [] and run["validation"] == [] and "preview_step" not in run
+    assert run["preview_count"] == 0
     assert live.preview_bytes("6") is None                                   # the old run's preview is gone
 
 
@@ -43,6 +47,12 @@ def test_a_resumed_run_starts_with_its_earlier_points(live_view):
     history = {"steps": [1, 2], "losses": [0.9, 0.8], "averages": [0.9, 0.85], "lrs": [1e-4, 1e-4],
                "effective": [1e-4, 1e-4], "validation": [[2, 0.7]]}
     live.record("6", {"started": True, "run": "r", "step": 2, "total": 10, "history": history})
+    long_history = {name: list(range(1, 30_001)) for name in live_view.SERIES}
+    live.record("8", {"started": True, "run": "long", "step": 30_000, "total": 40_000,
+                      "history": {**long_history, "validation": [[step, 1.0] for step in range(1, 30_001)]}})
+    kept = live.snapshot()["8"]
+    assert len(kept["steps"]) <= live_view.MAX_POINTS and len(kept["validation"]) <= live_view.MAX_POINTS
+    assert kept["steps"][0] == 1 and kept["steps"] == sorted(kept["steps"])
     live.record("6", step_event(3))
     run = live.snapshot()["6"]
     assert run["steps"] == [1, 2, 3] and run["losses"][:2] == [0.9, 0.8] and run["validation"] == [[2, 0.7]]

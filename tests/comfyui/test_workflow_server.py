@@ -158,6 +158,7 @@ def test_live_route_serves_the_run_so_far_and_only_from_memory(server):
     run = server.get("/lora_trainer/live")["runs"]["6"]
     assert run["run"] == "live_route" and run["steps"] == list(range(1, 11)) and run["total"] == 10
     assert run["losses"] == pytest.approx(losses, rel=1e-6) and run["epochs"] == 2 and run["preview_step"] == 10
+    assert run["preview_count"] == 2 and run["status"] == "finished"
     with urllib.request.urlopen(server.url + "/api/lora_trainer/live/preview?node=6") as response:
         assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:2] == b"\xff\xd8"
     for node in ("7", "../../../etc/passwd", "/etc/passwd", "6/../6", ""):
