@@ -79,6 +79,12 @@ class DistributedContext:
     def barrier(self) -> None:
         dist.barrier(group=self.group)
 
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process (every process must ask at the same point of the run)."""
+        total = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(total, group=self.group)
+        return bool(total.item() > 0)
+
     def from_main(self, decide: Callable[[], Answer]) -> Answer:
         """`decide()` run on rank 0 only (it may read files), its answer on every process; when it raises,
         every process raises (a TrainerError as the same class and message), so none waits for the others."""

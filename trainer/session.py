@@ -20,7 +20,7 @@ from PIL import Image
 
 from .atomic_files import write_json_atomic
 from .distributed import DistributedContext
-from .errors import ConfigError
+from .errors import ConfigError, TrainerError
 from .families import FAMILIES, Family
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
@@ -259,6 +259,10 @@ def run_to_start(folders: RunFolders, resume_from: str, output_name: str) -> tup
     return resume, checked_run_name(resume_from, "resume_from") if resume else unused_run_name(folders, output_name)
 
 
+class OtherProcessStopped(TrainerError):
+    """Raised on the processes of a distributed run that did not see the Cancel another one saw."""
+
+
 def callbacks_for_rank(callbacks: TrainCallbacks, distributed: DistributedContext) -> TrainCallbacks:
     """A process's part of the host's callbacks: rank 0 reports, writes (saves, states, the run log, the
     interrupted LoRA) and renders previews; every process waits at each save and preview until rank 0 is
@@ -273,10 +277,28 @@ def callbacks_for_rank(callbacks: TrainCallbacks, distributed: DistributedContex
             distributed.barrier()
         return run
 
-    waiting = {"on_checkpoint": then_wait(callbacks.on_checkpoint), "on_sample": then_wait(callbacks.on_sample)}
+    def agreed(check_cancel):
+        # Ctrl-C reaches the processes at different moments (and Cancel may reach one only): all stop at the same
+        # check, or one would wait for the others' gradients for ever
+        if check_cancel is None:
+            return None
+
+        def run() -> None:
+            stopped = None
+            try:
+                check_cancel()
+            except BaseException as exc:        # the host's cancel exception, whatever its class
+                stopped = exc
+            if distributed.any_process(stopped is not None):
+                raise stopped if stopped is not None else OtherProcessStopped(
+                    "another process of this run was cancelled; every process stops with it")
+        return run
+
+    waiting = {"on_checkpoint": then_wait(callbacks.on_checkpoint), "on_sample": then_wait(callbacks.on_sample),
+               "check_cancel": agreed(callbacks.check_cancel)}
     if distributed.is_main:
         return replace(callbacks, **waiting)
-    return TrainCallbacks(check_cancel=callbacks.check_cancel, **waiting)
+    return TrainCallbacks(**waiting)
 
 
 def run_session(trainable: TrainableModel, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,

@@ -114,14 +114,19 @@ def train_whole(out: str, cache, distributed=None) -> None:
 def train_stopped_and_resumed(out: str, cache, distributed=None) -> None:
     checks = {"n": 0}
 
+    # under torchrun only the last process sees the Cancel: every process must stop at that same check
+    cancelled_here = distributed is None or distributed.rank == distributed.world_size - 1
+
     def check_cancel() -> None:
         checks["n"] += 1
-        if checks["n"] == STOP_AT:
+        if checks["n"] == STOP_AT and cancelled_here:
             raise Stopped()
+
+    from trainer.session import OtherProcessStopped
 
     try:
         session_for(out, cache, distributed, check_cancel=check_cancel, is_cancel=lambda exc: isinstance(exc, Stopped))
-    except Stopped:
+    except (Stopped, OtherProcessStopped):
         pass
     session = session_for(out, cache, distributed, resume_from=SETTINGS.output_name)
     if distributed is None or distributed.is_main:
