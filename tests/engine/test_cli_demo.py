@@ -1,0 +1,186 @@
+"""`python -m trainer` as a user runs it, in a subprocess from the repository root: the demo writes the files it
+names and its LoRA loads back with every key; Ctrl-C keeps a resumable state, says how to resume, and the
+resumed run ends where an uninterrupted one does; inspect reads the file; the committed sample dataset is what
+samples/make_demo_dataset.py draws."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from trainer.cli.main import main
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_demo_writes_the_files_it_names_and_its_lora_loads_back_with_every_key(tmp_path, capsys):
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+    from trainer.cli.tiny_model import builtin_tiny_model, tiny_unet
+
+    done = run_cli("demo", "--output", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    named = dict(re.findall(r"^  (LoRA|loss graph|summary): +(\S+)$", done.stdout, re.M))
+    assert set(named) == {"LoRA", "loss graph", "summary"} and all(os.path.isfile(p) for p in named.values())
+    assert "not image quality" in done.stdout and "Traceback" not in done.stderr
+    assert Image.open(named["loss graph"]).size[0] > 0
+    with open(named["summary"], encoding="utf-8") as handle:
+        summary = handle.read()
+    assert "2 bucket(s)" in summary and "final LoRA" in summary
+
+    trainable, _ = builtin_tiny_model()
+    tensors = safetensors.torch.load_file(named["LoRA"])
+    assert set(tensors) == {f"{name}.{suffix}" for name in trainable.lora_targets for suffix in SUFFIXES}
+    assert any(value.abs().max() > 0 for key, value in tensors.items() if key.endswith("lora_up.weight"))
+    converted, alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
+    assert len(converted) == 2 * len(trainable.lora_targets) and len(alphas) == len(trainable.lora_targets)
+    unet = tiny_unet()
+    unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas, adapter_name="demo")
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert (unet(x, t, encoder_hidden_states=context).sample - tiny_unet()(x, t, encoder_hidden_states=context)
+                .sample).abs().max() > 0
+
+    assert main(["inspect", named["LoRA"], "--no-comfyui"]) == 0
+    shown = capsys.readouterr().out
+    assert "48 of 48 modules are kohya's names for SD1.x (all)" in shown and "ranks: 4 x48" in shown
+
+
+LONG_RUN = """
+[model]
+path = "builtin-tiny"
+[output]
+loras_folder = "{out}/loras"
+runs_folder = "{out}/runs"
+[dataset]
+folder = "{repo}/samples/demo_dataset"
+[buckets]
+resolution = 128
+min_bucket_reso = 64
+max_bucket_reso = 256
+[network]
+rank = 2
+[optimizer]
+optimizer_type = "AdamW"
+learning_rate = 1e-3
+[training]
+output_name = "stop"
+epochs = {epochs}
+batch_size = 2
+precision = "fp32"
+[save]
+precision = "fp32"
+"""
+
+
+def test_ctrl_c_keeps_a_resumable_state_and_resume_ends_where_an_uninterrupted_run_does(tmp_path):
+    config = tmp_path / "stop.toml"
+    config.write_text(LONG_RUN.format(out=tmp_path / "stopped", repo=REPO_ROOT, epochs=6), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "trainer", "train", str(config)], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = []
+    try:
+        for line in process.stderr:                      # the plain progress lines (not a terminal: no tqdm)
+            err.append(line)
+            if line.startswith("step "):
+                process.send_signal(signal.SIGINT)
+                break
+        err.append(process.stderr.read())
+        assert process.wait(timeout=120) == 130, "".join(err)
+    finally:
+        process.kill()
+    text = "".join(err)
+    run_folder = str(tmp_path / "stopped" / "runs" / "stop")
+    assert f"python -m trainer resume {run_folder}" in text and "Traceback" not in text, text
+    assert os.path.isfile(tmp_path / "stopped" / "loras" / "stop-interrupted.safetensors")
+    stopped_at = int(re.search(r"Cancelled after step (\d+)", text).group(1))
+    assert 0 < stopped_at < 6 * 16
+
+    assert main(["resume", run_folder]) == 0                                # in-process: the same code path
+    resumed = safetensors.torch.load_file(str(tmp_path / "stopped" / "loras" / "stop.safetensors"))
+    whole_config = tmp_path / "whole.toml"
+    whole_config.write_text(LONG_RUN.format(out=tmp_path / "whole", repo=REPO_ROOT, epochs=6), encoding="utf-8")
+    assert main(["train", str(whole_config)]) == 0
+    whole = safetensors.torch.load_file(str(tmp_path / "whole" / "loras" / "stop.safetensors"))
+    assert set(whole) == set(resumed) and all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_a_bad_config_in_a_subprocess_exits_2_naming_the_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[dataset]\nfolder = 'nowhere'\n", encoding="utf-8")
+    done = run_cli("train", str(config))
+    assert done.returncode == 2 and "bad.toml:2: [dataset] folder: the folder" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["circle_red", "triangle_orange"])
+def test_the_sample_dataset_is_what_its_script_draws(tmp_path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_dataset",
+                                                  os.path.join(REPO_ROOT, "samples", "make_demo_dataset.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    subset = script.SUBSET
+    drawn = script.make_demo_dataset(str(tmp_path))
+    for suffix in (".png", ".txt"):
+        committed = os.path.join(REPO_ROOT, "samples", "demo_dataset", subset, name + suffix)
+        fresh = os.path.join(drawn, subset, name + suffix)
+        if suffix == ".png":
+            assert np.array_equal(np.asarray(Image.open(committed)), np.asarray(Image.open(fresh)))
+        else:
+            assert open(committed, encoding="utf-8").read() == open(fresh, encoding="utf-8").read()
+
+
+def demo_config(tmp_path, name: str, epochs: int = 2) -> str:
+    """samples/demo.toml with its output under tmp_path/name, fp32 files and a shorter run."""
+    with open(os.path.join(REPO_ROOT, "samples", "demo.toml"), encoding="utf-8") as handle:
+        text = handle.read()
+    out = (tmp_path / name).as_posix()
+    text = (text.replace('"../demo-output/runs"', f'"{out}/runs"').replace('"../demo-output"', f'"{out}"')
+            .replace('folder = "demo_dataset"', f'folder = "{REPO_ROOT}/samples/demo_dataset"')
+            .replace("epochs = 6", f"epochs = {epochs}").replace('precision = "fp16"', 'precision = "fp32"'))
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_the_cli_under_torchrun_trains_the_single_process_lora_and_writes_one_set_of_files(tmp_path):
+    """Two processes (gloo, CPU) on the same config: the same LoRA as one process within 1e-5, one set of files."""
+    single = run_cli("train", demo_config(tmp_path, "single", epochs=4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(port), "-m", "trainer", "train", demo_config(tmp_path, "double", epochs=4)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("final LoRA:") == 1 and "over 2 processes" in double.stdout   # rank 0 reports
+    listing = {name: sorted(os.listdir(tmp_path / name)) for name in ("single", "double")}
+    assert listing["single"] == listing["double"] == ["demo_lora-000003.safetensors", "demo_lora.safetensors", "runs"]
+    assert sorted(os.listdir(tmp_path / "double" / "runs" / "demo_lora")) == \
+        sorted(os.listdir(tmp_path / "single" / "runs" / "demo_lora"))
+    one = safetensors.torch.load_file(str(tmp_path / "single" / "demo_lora.safetensors"))
+    two = safetensors.torch.load_file(str(tmp_path / "double" / "demo_lora.safetensors"))
+    assert one.keys() == two.keys()
+    assert max(float((one[key] - two[key]).abs().max()) for key in one) < 1e-5
