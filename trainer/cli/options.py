@@ -132,8 +132,8 @@ def _optional_switch(name: str, help_text: str) -> Key:
 KEYS: tuple[Key, ...] = (
     Key("model", "path", "path", "builtin-tiny",
         "\"builtin-tiny\" (the demo's random tiny model), a diffusers-format folder (unet/, vae/, text_encoder/, "
-        "tokenizer/; SD1.x), or a checkpoint file (.safetensors / .ckpt: SD1.x, SD2.x, SDXL; needs ComfyUI, "
-        "found through COMFYUI_PATH or this pack's place in ComfyUI/custom_nodes)."),
+        "tokenizer/, and text_encoder_2/ tokenizer_2/ for SDXL: SD1.x, SD2.x, SDXL), or a checkpoint file "
+        "(.safetensors / .ckpt: SD1.x, SD2.x, SDXL; needs ComfyUI, found through COMFYUI_PATH or this pack's place in ComfyUI/custom_nodes)."),
     Key("model", "device", "str", "auto", "auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N."),
     Key("model", "weights_dtype", "str", "auto",
         "The base weights' dtype for diffusers folders and builtin-tiny (auto: fp32; ComfyUI chooses for "
