@@ -272,9 +272,9 @@ def callbacks_for_rank(callbacks: TrainCallbacks, distributed: DistributedContex
             return None
 
         def run(*args) -> None:
-            if distributed.is_main:
-                work(*args)
-            distributed.barrier()
+            # rank 0 works while the others wait for its answer; an error there (disk full, a preview that
+            # fails) is raised on every process, so none waits at the next collective for ever
+            distributed.from_main(lambda: work(*args))
         return run
 
     def agreed(check_cancel):

@@ -184,3 +184,41 @@ def test_the_cli_under_torchrun_trains_the_single_process_lora_and_writes_one_se
     two = safetensors.torch.load_file(str(tmp_path / "double" / "demo_lora.safetensors"))
     assert one.keys() == two.keys()
     assert max(float((one[key] - two[key]).abs().max()) for key in one) < 1e-5
+
+
+def test_ctrl_c_under_torchrun_cancels_every_process_at_one_step_and_resumes_exactly(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun and both workers (and torchrun forwards it once more): each process
+    stops at the same agreed step, rank 0 keeps the state, and a one-process resume ends on the whole run."""
+    config = tmp_path / "stop.toml"
+    config.write_text(LONG_RUN.format(out=tmp_path / "stopped", repo=REPO_ROOT, epochs=6), encoding="utf-8")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                "--master_port", str(port), "-m", "trainer", "train", str(config)], cwd=REPO_ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err = []
+    try:
+        for line in process.stderr:
+            err.append(line)
+            if line.startswith("step "):
+                os.killpg(process.pid, signal.SIGINT)        # as a terminal does: the whole process group
+                break
+        err.append(process.stderr.read())
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = "".join(err)
+    run_folder = str(tmp_path / "stopped" / "runs" / "stop")
+    assert f"python -m trainer resume {run_folder}" in text and "KeyboardInterrupt" not in text, text[-3000:]
+    stopped_at = int(re.search(r"Cancelled after step (\d+)", text).group(1))
+    assert 0 < stopped_at < 6 * 16
+    assert main(["resume", run_folder]) == 0
+    resumed = safetensors.torch.load_file(str(tmp_path / "stopped" / "loras" / "stop.safetensors"))
+    whole_config = tmp_path / "whole.toml"
+    whole_config.write_text(LONG_RUN.format(out=tmp_path / "whole", repo=REPO_ROOT, epochs=6), encoding="utf-8")
+    assert main(["train", str(whole_config)]) == 0
+    whole = safetensors.torch.load_file(str(tmp_path / "whole" / "loras" / "stop.safetensors"))
+    assert max(float((whole[key] - resumed[key]).abs().max()) for key in whole) < 1e-5

@@ -23,11 +23,17 @@ def demo_config(output: str) -> RunConfig:
     return config
 
 
-def run_demo(output: str = DEFAULT_OUTPUT, say=print, use_tqdm: bool | None = None) -> RunFiles:
+def run_demo(output: str = DEFAULT_OUTPUT, say=print, use_tqdm: bool | None = None) -> RunFiles | None:
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)             # tiny convolutions: one thread is ~100x faster than two on small CPUs
     started = time.perf_counter()
     say(f"demo: training a LoRA on the built-in tiny model with {os.path.join(SAMPLES, 'demo_dataset')}")
-    files = train(demo_config(output), say=say, use_tqdm=use_tqdm)
+    try:
+        files = train(demo_config(output), say=say, use_tqdm=use_tqdm)
+    finally:
+        torch.set_num_threads(previous_threads)      # a test may run the demo in its own process
+    if files is None:                    # another process of a torchrun run: the first one reports
+        return None
     seconds = time.perf_counter() - started
     say("\n".join([
         "",

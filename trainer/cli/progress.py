@@ -4,6 +4,7 @@ plain line every few steps), and Ctrl-C as ComfyUI's Cancel: the first press sto
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Callable, TextIO
 
 PLAIN_LINES = 20                 # without tqdm: about this many progress lines per run
 PLAIN_SECONDS = 10.0             # ... and at least one every this many seconds
+TORCHRUN_REPEAT_SECONDS = 5.0    # a second SIGINT this soon after the first, under torchrun, is its forwarding
 
 
 class RunCancelled(Exception):
@@ -87,6 +89,10 @@ class CtrlC:
     def __init__(self, say: Callable[[str], None]):
         self.say = say
         self.pressed = False
+        self.pressed_at = 0.0
+        # under torchrun a Ctrl-C reaches each process twice: from the terminal, then forwarded by torchrun's
+        # agent a moment later; that second one is not a second press
+        self.repeat_window = TORCHRUN_REPEAT_SECONDS if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0.0
 
     def check_cancel(self) -> None:
         if self.pressed:
@@ -98,8 +104,10 @@ class CtrlC:
 
     def _handler(self, signum, frame) -> None:
         if self.pressed:
+            if time.monotonic() - self.pressed_at < self.repeat_window:
+                return
             raise KeyboardInterrupt()
-        self.pressed = True
+        self.pressed, self.pressed_at = True, time.monotonic()
         self.say("Ctrl-C: stopping after this step and keeping what was trained (press again to stop at once).")
 
     @contextmanager

@@ -99,7 +99,8 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
     say(dataset.describe())
     folders = run_folders(config)
     model_settings = config["model"]
-    if distributed is not None and model_settings["device"] == "auto":     # each process on its own GPU
+    if distributed is not None and (model_settings["device"] == "auto" or model_settings["device"].startswith("cuda")):
+        # under torchrun each process trains on its own GPU (LOCAL_RANK), whichever CUDA device the config names
         model_settings = {**model_settings, "device": str(distributed.device)}
     loaded = model or load_model(model_settings, settings)
     say(f"model: {loaded.description}")
@@ -119,12 +120,18 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
                              cache_mode=values["cache"],
                              fallback_folder=os.path.join(folders.runs, LATENT_CACHE_FOLDER))
 
+    # under torchrun rank 0 caches first (writing a disk cache's .npz files); the others then read them, so only
+    # rank 0 writes
+    if distributed is not None and not distributed.is_main:
+        distributed.barrier()
     with torch.inference_mode(False), torch.no_grad():
         try:
             latents = cache(dataset)
             validation_latents = cache(validation_dataset) if validation_dataset is not None else None
         finally:
             loaded.release_encoder()
+            if distributed is not None and distributed.is_main:
+                distributed.barrier()
     say(latents.describe() + f"\n(latents cached in {time.perf_counter() - started:.1f} s)")
 
     state = {"run_name": "", "bar": None}
