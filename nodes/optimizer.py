@@ -11,7 +11,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..trainer.optimizers import OPTIMIZERS, OptimizerConfig
+from ..trainer.optimizers import OPTIMIZERS, OptimizerConfig, completed_betas
 from ..trainer.schedules import SCHEDULES
 from .wire_types import CATEGORY, LoraOptimizer
 
@@ -127,13 +127,7 @@ class LoRAOptimizer(io.ComfyNode):
                text_encoder_lr=1e-4, loraplus_lr_ratio=0.0, eps=DEFAULT, d_coef=DEFAULT, decouple="default",
                use_bias_correction="default", safeguard_warmup="default", relative_step="default", extra_args="",
                lr_warmup_steps=0, lr_scheduler_num_cycles=1, lr_scheduler_power=1.0) -> OptimizerConfig:
-        betas = None
-        if _optional(beta1) is not None or _optional(beta2) is not None:
-            spec = OPTIMIZERS.get(optimizer_type)
-            known = spec.argument("betas") if spec else None
-            default = known.default if known is not None and known.kind == "pair" else (0.9, 0.999)
-            betas = (default[0] if _optional(beta1) is None else beta1, default[1] if _optional(beta2) is None
-                     else beta2)
+        betas = completed_betas(optimizer_type, _optional(beta1), _optional(beta2))
         return OptimizerConfig(
             optimizer_type=optimizer_type, learning_rate=learning_rate, text_encoder_lr=text_encoder_lr,
             loraplus_lr_ratio=loraplus_lr_ratio, weight_decay=_optional(weight_decay), betas=betas,

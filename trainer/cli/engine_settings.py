@@ -13,12 +13,10 @@ from ..dataset.caption_processing import CaptionOptions
 from ..errors import TrainerError
 from ..networks import NetworkConfig
 from ..objective_settings import ObjectiveSettings
-from ..optimizers import OPTIMIZERS, OptimizerConfig
+from ..optimizers import OptimizerConfig, completed_betas
 from ..plan import TrainSettings
 from ..validation import ValidationSettings
 from .config import ConfigFileError, RunConfig
-
-DEFAULT_BETAS = (0.9, 0.999)
 
 
 @contextmanager
@@ -84,17 +82,6 @@ def network_config(config: RunConfig) -> NetworkConfig:
     train_on = values.pop("train")
     with reported_at(config, ("network",)):
         return NetworkConfig(**values, train_on=train_on).validated()
-
-
-def completed_betas(optimizer_type: str, beta1: float | None, beta2: float | None):
-    """(beta1, beta2) with a missing one from the optimizer's own default pair, as the Optimizer node does; None
-    when neither is given."""
-    if beta1 is None and beta2 is None:
-        return None
-    spec = OPTIMIZERS.get(optimizer_type)
-    known = spec.argument("betas") if spec else None
-    default = known.default if known is not None and known.kind == "pair" else DEFAULT_BETAS
-    return (default[0] if beta1 is None else beta1, default[1] if beta2 is None else beta2)
 
 
 def optimizer_config(config: RunConfig) -> OptimizerConfig:

@@ -9,8 +9,8 @@ from .build import (build_optimizer, effective_learning_rate, effective_learning
                     first_group_lr)
 from .config import WIDGET_ARGUMENTS, OptimizerConfig
 from .packages import Package, package_problem
-from .table import OPTIMIZERS, OptimizerType
+from .table import OPTIMIZERS, OptimizerType, completed_betas
 
-__all__ = ["Argument", "OPTIMIZERS", "OptimizerConfig", "OptimizerType", "Package", "WIDGET_ARGUMENTS",
+__all__ = ["Argument", "OPTIMIZERS", "completed_betas", "OptimizerConfig", "OptimizerType", "Package", "WIDGET_ARGUMENTS",
            "build_optimizer", "effective_learning_rate", "effective_learning_rate_reader", "effective_learning_rates",
            "first_group_lr", "package_problem", "parse_extra_arguments"]

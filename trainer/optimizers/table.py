@@ -164,3 +164,17 @@ OPTIMIZERS: dict[str, OptimizerType] = {t.name: t for t in (
                   TRANSFORMERS, kohya_defaults=(("relative_step", True),), construct=_construct_adafactor,
                   effective_lr=adafactor_lr, help="transformers' Adafactor (kohya: relative step on)"),
 )}
+
+
+TORCH_ADAM_BETAS = (0.9, 0.999)
+
+
+def completed_betas(optimizer_type: str, beta1: float | None, beta2: float | None) -> tuple[float, float] | None:
+    """(beta1, beta2) with a missing one taken from the optimizer's own default pair (the Optimizer node's and the
+    command line's beta widgets: one may be set alone); None when neither is given."""
+    if beta1 is None and beta2 is None:
+        return None
+    spec = OPTIMIZERS.get(optimizer_type)
+    known = spec.argument("betas") if spec else None
+    default = known.default if known is not None and known.kind == "pair" else TORCH_ADAM_BETAS
+    return (default[0] if beta1 is None else beta1, default[1] if beta2 is None else beta2)
