@@ -319,6 +319,11 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
     LoRA. The host writes its own files (the final LoRA) on rank 0 only.
     """
     settings = settings.validated()
+    if distributed is not None:         # a Cancel another process saw is this run's Cancel too
+        host_is_cancel = is_cancel
+
+        def is_cancel(exc: BaseException) -> bool:
+            return isinstance(exc, OtherProcessStopped) or host_is_cancel(exc)
     check_latents_fit(latents, FAMILIES[trainable.base_model_version])
     plan = plan_run(latents, settings)
     denoiser = trainable.denoiser

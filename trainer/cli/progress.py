@@ -100,7 +100,9 @@ class CtrlC:
 
     @staticmethod
     def is_cancel(exc: BaseException) -> bool:
-        return isinstance(exc, (RunCancelled, KeyboardInterrupt))
+        from ..session import OtherProcessStopped      # under torchrun: the Ctrl-C another process saw first
+
+        return isinstance(exc, (RunCancelled, KeyboardInterrupt, OtherProcessStopped))
 
     def _handler(self, signum, frame) -> None:
         if self.pressed:
