@@ -37,6 +37,7 @@ class ComfyDenoiser:
         self.prediction_type = prediction_type_of(sampling)
         self.device = torch.device(patcher.load_device)
         self.compute_dtype = base.manual_cast_dtype or base.get_dtype()
+        self.size_rows: dict[tuple, torch.Tensor] = {}      # SDXL: each size conditioning's embedding, on device
 
     def scale_latents(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return self.base.process_latent_in(raw_latents)
@@ -50,18 +51,43 @@ class ComfyDenoiser:
         extra = {}
         if self.family.pooled_text:
             extra["y"] = self.size_vector(pooled, sizes).to(noisy_latents.device, dtype)
-        return self.unet(noisy_latents.to(dtype), timesteps.float(), context=context.to(dtype), **extra).float()
+        return self.unet(noisy_latents.to(dtype), timesteps.float(), context=context.to(dtype),
+                         transformer_options=training_attention(), **extra).float()
 
     def size_vector(self, pooled: torch.Tensor, sizes) -> torch.Tensor:
-        """SDXL's ADM input per sample, built by ComfyUI's own encode_adm from the pooled text embedding and
-        kohya's size conditioning (trainer/conditioning.py)."""
+        """SDXL's ADM input per sample: the pooled text embedding, then the embedding of kohya's size conditioning
+        (trainer/conditioning.py) made by ComfyUI's own encode_adm, once per size and kept on the device (it
+        builds it on the CPU, and a copy back each step would make the CPU wait for the GPU)."""
         rows = []
-        for index, size in enumerate(sizes):
-            (height, width), (top, left), (target_h, target_w) = size.original_hw, size.crop_top_left, size.target_hw
-            rows.append(self.base.encode_adm(pooled_output=pooled[index:index + 1], width=width, height=height,
-                                             crop_w=left, crop_h=top, target_width=target_w,
-                                             target_height=target_h))
-        return torch.cat(rows, dim=0)
+        for size in sizes:
+            key = (size.original_hw, size.crop_top_left, size.target_hw)
+            if key not in self.size_rows:
+                (height, width), (top, left), (target_h, target_w) = key
+                # an empty pooled output: encode_adm returns only the size embedding, placed after it
+                flat = self.base.encode_adm(pooled_output=torch.zeros(1, 0), width=width, height=height,
+                                            crop_w=left, crop_h=top, target_width=target_w, target_height=target_h)
+                self.size_rows[key] = flat.to(pooled.device)
+            rows.append(self.size_rows[key])
+        return torch.cat([pooled, torch.cat(rows, dim=0).to(pooled.dtype)], dim=1)
+
+
+def training_attention() -> dict:
+    """transformer_options that run every attention of a training forward through PyTorch's
+    scaled_dot_product_attention, whichever attention ComfyUI picked at start-up.
+
+    ComfyUI's choice is for sampling: on CPUs and some GPUs it is sub-quadratic or split attention, which size
+    their chunks by the memory free at the moment, so a checkpointed block can recompute differently from its
+    forward (Comfy-Org/ComfyUI#15845), and sage attention has no backward pass. SDPA is exact, deterministic in
+    its shapes, has fused backward kernels on GPUs and is at least as fast. A fresh dict per call: the UNet writes
+    into the transformer_options it is given.
+    """
+    return {"optimized_attention_override": _pytorch_attention}
+
+
+def _pytorch_attention(_chosen, *args, **kwargs):
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
 
 
 class ComfyCaptionEncoder:

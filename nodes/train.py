@@ -220,6 +220,11 @@ class LoRATrain(io.ComfyNode):
                                tooltip="ComfyUI sampler for the previews."),
                 io.Combo.Input("sample_scheduler", options=scheduler_names(), default="normal", optional=True,
                                tooltip="ComfyUI scheduler for the previews."),
+                # last, so the widget values of workflows saved before it keep their places
+                io.Boolean.Input("torch_compile", default=False, optional=True,
+                                 tooltip="Compile the UNet with torch.compile (inductor), the LoRA traced in: "
+                                         "faster steps on a GPU after a first step that compiles (a minute or "
+                                         "more); needs Triton on the GPU (kohya's torch_compile)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -238,7 +243,8 @@ class LoRATrain(io.ComfyNode):
                 scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, validation_latents=None,
                 validation_split=0.0, validation_seed=-1, validate_every_n_steps=0, validate_every_n_epochs=1,
                 vae=None, sample_prompts="", sample_every_n_steps=0, sample_every_n_epochs=0,
-                sample_sampler="euler", sample_scheduler="normal", **loss_and_noise) -> io.NodeOutput:
+                sample_sampler="euler", sample_scheduler="normal", torch_compile=False,
+                **loss_and_noise) -> io.NodeOutput:
         objective = objective_settings(loss_and_noise)
         validation = ValidationSettings(split=validation_split, seed=validation_seed,
                                         every_n_steps=validate_every_n_steps, every_n_epochs=validate_every_n_epochs)
@@ -250,7 +256,7 @@ class LoRATrain(io.ComfyNode):
                                  max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
                                  objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n,
                                  validation=validation, sample_every_n_steps=sample_every_n_steps,
-                                 sample_every_n_epochs=sample_every_n_epochs)
+                                 sample_every_n_epochs=sample_every_n_epochs, torch_compile=torch_compile)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "", validation_latents=validation_latents,
                            previews=PreviewSettings(vae, sample_prompts or "", sample_sampler, sample_scheduler))

@@ -34,7 +34,7 @@ SEED_CONTROL = "fixed"                     # a template should sample the same p
 # names any node the frontend needs more room for.
 SIZES = {
     "CheckpointLoaderSimple": (350, 100), "LoRALoadDatasetFolder": (350, 580), "LoRABucketCacheLatents": (330, 470),
-    "LoRAConfigure": (330, 370), "LoRAOptimizer": (330, 546), "LoRATrain": (400, 1370),
+    "LoRAConfigure": (330, 370), "LoRAOptimizer": (330, 546), "LoRATrain": (400, 1396),
     "LoRASaveSafetensors": (400, 200), "PreviewImage": (400, 420), "CLIPTextEncode": (400, 200),
     "EmptyLatentImage": (330, 110), "KSampler": (330, 262), "VAEDecode": (210, 50), "SaveImage": (400, 430),
     "LoraLoader": (330, 126), "ImageStitch": (300, 150),

@@ -56,6 +56,8 @@ def checkpointed(blocks: list[nn.Module], generator: torch.Generator | None = No
             def forward(*args, _original=original, **kwargs):
                 if not torch.is_grad_enabled():
                     return _original(*args, **kwargs)
+                if generator is None:     # nothing inside draws: torch.compile can trace a plain checkpoint
+                    return checkpoint(_original, *args, use_reentrant=False, **kwargs)
                 return checkpoint(_original, *args, use_reentrant=False,
                                   context_fn=lambda: _generator_contexts(generator), **kwargs)
 

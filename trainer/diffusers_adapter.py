@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .device_copies import to_device
 from .interfaces import TrainableModel
 from .families import SD1, Family
 from .kohya_names import block_targets, text_encoder_targets
@@ -44,8 +45,8 @@ class DiffusersUNetDenoiser:
     def __call__(self, noisy_latents, timesteps, context, pooled=None, sizes=None):
         extra = {}
         if pooled is not None:               # SDXL-style UNets (addition_embed_type "text_time"), as kohya feeds them
-            time_ids = torch.tensor([[*size.original_hw, *size.crop_top_left, *size.target_hw] for size in sizes],
-                                    dtype=self.compute_dtype, device=noisy_latents.device)
+            time_ids = to_device(torch.tensor([[*size.original_hw, *size.crop_top_left, *size.target_hw]
+                                               for size in sizes], dtype=self.compute_dtype), noisy_latents.device)
             extra["added_cond_kwargs"] = {"text_embeds": pooled.to(self.compute_dtype), "time_ids": time_ids}
         return self.unet(noisy_latents.to(self.compute_dtype), timesteps,
                          encoder_hidden_states=context.to(self.compute_dtype), **extra).sample

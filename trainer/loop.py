@@ -19,13 +19,16 @@ from torch import nn
 
 from .autograd_weights import replace_inference_tensors
 from .checkpointing import checkpointed
+from .compiled import compiled_model
 from .conditioning import sdxl_size_condition
+from .device_copies import to_device
 from .distributed import DistributedContext, check_splittable
 from .errors import ConfigError, TrainerError
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .networks import LoRANetwork, NetworkConfig
 from .memory import training_memory_estimate
+from .memory_format import channels_last
 from .networks.continue_from import continue_from_file
 from .objective import build_objective
 from .objective_settings import ObjectiveSettings
@@ -254,10 +257,19 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     with ExitStack() as run_context, network.attached(targets):
         for root in frozen_roots:
             run_context.enter_context(frozen(root))
+        if settings.channels_last:
+            run_context.enter_context(channels_last(model.frozen_root))
+            stepper.memory_format = torch.channels_last
         if settings.gradient_checkpointing:
             if not model.checkpoint_blocks:
                 raise ConfigError("This model offers no blocks to checkpoint; switch gradient_checkpointing off.")
-            run_context.enter_context(checkpointed(model.checkpoint_blocks, stepper.generator))
+            drawing = network_config.draws_in_forward
+            if drawing and settings.torch_compile:
+                raise ConfigError("torch_compile cannot trace gradient checkpointing around LoRA modules that draw "
+                                  "random numbers (dropouts, DyLoRA): switch one of the three off.")
+            run_context.enter_context(checkpointed(model.checkpoint_blocks, stepper.generator if drawing else None))
+        if settings.torch_compile:             # after the LoRA hooks and checkpointing: both are traced in
+            run_context.enter_context(compiled_model(denoiser, settings.dynamo_backend))
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
@@ -280,8 +292,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                         losses.append(stepper.accumulate(batch, progress.step + 1, batch_captions, accumulation))
                     if distributed is not None:     # each process's shares become the batches' losses
                         losses = stepper.sum_shares(losses, progress.step + 1)
-                    loss = sum(losses) / len(losses)
-                    skipped = stepper.apply(progress.step + 1)
+                    loss, skipped = stepper.apply(progress.step + 1, sum(losses) / len(losses))
                     if settings.scale_weight_norms:
                         network.apply_max_norm(settings.scale_weight_norms)
                     progress.learning_rates.append(scheduler.get_last_lr()[logged_group])
@@ -371,15 +382,15 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.parameters = network.trainable_parameters()
         self.distributed = distributed      # None: the whole batch is this process's
+        self.memory_format = torch.contiguous_format    # of the latents given to the model (channels_last)
 
     def __call__(self, batch, step: int, captions: list[str]) -> float:
-        """One batch, one optimizer step."""
-        loss = self.accumulate(batch, step, captions)
-        self.apply(step)
-        return loss
+        """One batch, one optimizer step; the batch's loss."""
+        return self.apply(step, self.accumulate(batch, step, captions))[0]
 
-    def accumulate(self, batch, step: int, captions: list[str], divisor: int = 1) -> float:
-        """Forward and backward of one batch, its loss divided by `divisor` (gradients add up); the loss."""
+    def accumulate(self, batch, step: int, captions: list[str], divisor: int = 1) -> torch.Tensor | float:
+        """Forward and backward of one batch, its loss divided by `divisor` (gradients add up); the loss, still
+        on the device: `apply` reads it back, with the gradient norm, in the step's one host synchronisation."""
         try:
             return self._run(batch, step, captions, divisor)
         except OUT_OF_MEMORY:
@@ -424,7 +435,7 @@ class TrainStep:
     def _run(self, batch, step: int, captions: list[str], divisor: int = 1) -> float:
         device, denoiser = self.device, self.denoiser
         sample_latents, sample_masks, flips = self.batch_latents(batch)
-        raw = torch.stack(sample_latents).to(device)
+        raw = to_device(torch.stack(sample_latents), device, pin=True)
         latents = denoiser.scale_latents(raw)
         noisy, timesteps, target = self.objective.noisy_latents_and_target(latents, self.generator)
         batch_size = len(batch)
@@ -439,15 +450,17 @@ class TrainStep:
         if text.pooled is not None:                  # SDXL: each sample's size conditioning, as kohya's
             sizes = [sdxl_size_condition(sample.original_size, sample.bucket, flip)
                      for sample, flip in zip(batch, flips)]
-        weights = torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch], device=device)
+        weights = to_device(torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch]),
+                            device)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with autocast:
-            prediction = denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes)
+            prediction = denoiser(noisy.contiguous(memory_format=self.memory_format), timesteps, text.context,
+                                  pooled=text.pooled, sizes=sizes)
         masks = None
         if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])
-            masks = masks.to(device)[:, None]
+            masks = to_device(masks, device, pin=True)[:, None]
         per_sample = self.objective.per_sample_loss(prediction, target, timesteps, masks) * weights
         per_sample = self.objective.post_process_loss(per_sample, timesteps)
         if self.distributed is not None:
@@ -457,12 +470,10 @@ class TrainStep:
             self.scaler.scale(loss / divisor).backward()
             return loss.item()
         loss = per_sample.mean()
-        value = loss.item()                        # one device sync per batch, for the check and the log
-        if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise self.diverged(value, step)
+        # not read back here: a non-finite loss only gives non-finite gradients, and apply() stops the run on
+        # it before the optimizer steps
         self.scaler.scale(loss / divisor).backward()
-        return value
+        return loss.detach()
 
     def diverged(self, value: float, step: int) -> TrainerError:
         return TrainerError(f"The loss became {value} at step {step}. {self.divergence_advice()}{KEPT}")
@@ -487,21 +498,32 @@ class TrainStep:
             causes.append("gradient clipping is off (set the Optimizer's max_grad_norm to 1.0)")
         return "Likely: " + "; or ".join(causes) + "."
 
-    def apply(self, step: int) -> bool:
-        """Clip and take the optimizer step on the gradients gathered since the last one; True when fp16 loss
-        scaling skipped it (the gradients overflowed)."""
+    def apply(self, step: int, loss: torch.Tensor | float) -> tuple[float, bool]:
+        """Clip and take the optimizer step on the gradients gathered since the last one, whose mean batch loss
+        is `loss`; returns that loss as a number, and True when fp16 loss scaling skipped the step (the
+        gradients overflowed).
+
+        The loss and the gradient norm come back to the host together, after the backward pass and before the
+        optimizer step: the one synchronisation of a step, the price of stopping on a non-finite loss or
+        gradient before it reaches the LoRA (a lagging check would keep a LoRA already spoilt).
+        """
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        loss_value, norm_value = torch.stack([torch.as_tensor(loss, dtype=torch.float32, device=norm.device),
+                                              norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self.diverged(loss_value, step)
         skipped = False
         if self.scaler.is_enabled():
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)          # skips the step when fp16 gradients overflowed
             self.scaler.update()
             skipped = self.scaler.get_scale() < scale
-        elif not torch.isfinite(norm):
+        elif not math.isfinite(norm_value):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainerError(f"The gradients became {norm.item()} at step {step}. {self.divergence_advice()}{KEPT}")
+            raise TrainerError(f"The gradients became {norm_value} at step {step}. {self.divergence_advice()}{KEPT}")
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return skipped
+        return loss_value, skipped

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device_copies import to_device
 from .errors import ConfigError, ModelError
 from .objective_settings import NUM_TRAIN_TIMESTEPS, ObjectiveSettings
 
@@ -130,7 +131,7 @@ def _schedule_roots(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
     """sqrt(a_t) and sqrt(1 - a_t) as float32 [B, 1, 1, 1] on `device`, looked up in float64 on the CPU (Apple's
     MPS has no float64)."""
     alpha_bar = alphas_cumprod.to("cpu", torch.float64)[timesteps.cpu()].view(-1, 1, 1, 1)
-    return alpha_bar.sqrt().float().to(device), (1.0 - alpha_bar).sqrt().float().to(device)
+    return to_device(alpha_bar.sqrt().float(), device), to_device((1.0 - alpha_bar).sqrt().float(), device)
 
 
 def forward_process(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -173,11 +174,11 @@ def noisy_latents_and_target(latents: torch.Tensor, alphas_cumprod: torch.Tensor
                  else timesteps.cpu().long())
     input_noise = perturbed_input_noise(noise, generator, settings)
     sqrt_a, sqrt_one_minus_a = _schedule_roots(alphas_cumprod, timesteps, device)
-    noise = noise.to(device)
-    input_noise = noise if not settings.ip_noise_gamma else input_noise.to(device)
+    noise = to_device(noise, device, pin=True)
+    input_noise = noise if not settings.ip_noise_gamma else to_device(input_noise, device, pin=True)
     noisy = sqrt_a * latents + sqrt_one_minus_a * input_noise
     target = _target(latents, noise, sqrt_a, sqrt_one_minus_a, prediction_type)
-    return noisy, timesteps.to(device), target
+    return noisy, to_device(timesteps, device), target
 
 
 # --- the loss ---------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class TrainSettings:
     prior_loss_weight: float = 1.0   # kohya's --prior_loss_weight: the loss weight of regularization images
     gradient_accumulation_steps: int = 1   # batches whose gradients add up to one optimizer step (kohya's)
     gradient_checkpointing: bool = False   # recompute the model's blocks in the backward pass (less memory)
+    torch_compile: bool = False      # kohya's --torch_compile: the model through torch.compile, the LoRA inside
+    dynamo_backend: str = "inductor"   # kohya's --dynamo_backend: the torch.compile backend
+    channels_last: bool = False      # the model's convolutions and the latents in NHWC (trainer/memory_format.py)
     max_token_length: int = 75       # kohya's: captions are cut to 75, 150 or 225 tokens (its default 75)
     scale_weight_norms: float = 0.0  # kohya's max-norm regularization of each module's update; 0 = off
     objective: ObjectiveSettings = ObjectiveSettings()   # loss type, min-SNR, noise offset, timesteps...

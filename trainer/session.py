@@ -353,6 +353,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                            + (f" over {distributed.world_size} processes" if distributed else "")
                            + f", seed {settings.seed}, "
                            + ("gradient checkpointing, " if settings.gradient_checkpointing else "")
+                           + (f"torch.compile ({settings.dynamo_backend}), " if settings.torch_compile else "")
+                           + ("channels-last, " if settings.channels_last else "")
                            + f"{describe_precision(settings.precision, precision, denoiser.compute_dtype)}"
                            + (f", clip skip {clip_skip}" if clip_skip else "")])
     reporter = progress(plan.total_steps) if progress and writes else _NoProgress()

@@ -325,6 +325,24 @@ def test_gradient_checkpointing_on_comfyuis_unet_trains_the_same_lora(trained, c
     assert all("forward" not in vars(module) for module in unet.modules()), "a block kept its wrapper"
 
 
+def test_comfyuis_unet_compiled_and_channels_last_train_the_same_lora(trained, comfy_folders):
+    """torch.compile traces ComfyUI's forward with the LoRA hooks and the SDPA override inside (aot_eager: the
+    same tracing as inductor, no C++ compiler); channels_last gives ComfyUI's weights back as they were."""
+    model, clip, latents = trained
+    unet = model.model.diffusion_model
+    plain = run(model, clip, latents, output_name="plain", epochs=1)
+    weights = {name: p.data_ptr() for name, p in unet.named_parameters()}    # inference tensors replaced by now
+    compiled = run(model, clip, latents, output_name="compiled", epochs=1, torch_compile=True,
+                   dynamo_backend="aot_eager")
+    nhwc = run(model, clip, latents, output_name="nhwc", epochs=1, channels_last=True)
+    assert "torch.compile (aot_eager)" in compiled.summary and "channels-last" in nhwc.summary
+    for other in (compiled, nhwc):
+        for key, value in plain.lora.tensors.items():
+            torch.testing.assert_close(other.lora.tensors[key], value, atol=1e-4, rtol=1e-3)
+    assert {name: p.data_ptr() for name, p in unet.named_parameters()} == weights
+    assert all(p.is_contiguous() for p in unet.parameters())
+
+
 def test_loss_and_noise_options_reach_the_step_and_the_file(trained, comfy_folders):
     """kohya's options change the run (min-SNR on a v-prediction-independent epsilon model, noise offset,
     huber) and are recorded as kohya records them; zero terminal SNR on an epsilon model is refused by name."""

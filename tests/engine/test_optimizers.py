@@ -389,3 +389,20 @@ def test_a_learning_rate_of_0_leaves_that_part_out_of_the_optimizer():
     before = {k: v.clone() for k, v in network.kohya_state_dict().items()}
     run_steps(network, targets, data, baseline, schedule, 2)
     assert all(torch.equal(value, network.kohya_state_dict()[key]) for key, value in before.items())
+
+
+def test_torchs_adamw_takes_its_fused_kernel_on_cuda():
+    """One fused launch per step on a GPU; the CPU keeps torch's default.
+    (torch builds a fused AdamW over CPU tensors too, so the choice can be checked without a GPU.)"""
+    from trainer.optimizers.build import _construct
+
+    def built(device_type):
+        config = OptimizerConfig(optimizer_type="AdamW").validated()
+        groups = [{"params": [nn.Parameter(torch.zeros(3))], "lr": 1e-4}]
+        return _construct(config.spec, config, groups, device_type).defaults
+
+    assert built("cuda")["fused"] is True
+    assert not built("cpu")["fused"]
+    sgd = OptimizerConfig(optimizer_type="SGDNesterov").validated()
+    assert not _construct(sgd.spec, sgd, [{"params": [nn.Parameter(torch.zeros(3))], "lr": 1e-4}], "cuda").defaults.get(
+        "fused")

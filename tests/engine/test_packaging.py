@@ -16,8 +16,9 @@ from tests.reference_data import REPO_ROOT
 DISTRIBUTION_OF = {"PIL": "pillow", "tomli": "tomli", "cv2": "opencv-python-headless", "lycoris": "lycoris-lora"}
 # imported by the tests but not from the [test] extra: the pack itself, ComfyUI (a checkout), and tools of
 # slow tests that skip, saying why, where they are missing
-NOT_FROM_A_REGISTRY = {"tests", "trainer", "nodes", "comfyui_lora_trainer", "lora_trainer_test_tiny_models",
-                       "comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "execution", "playwright"}
+NOT_FROM_A_REGISTRY = {"tests", "trainer", "nodes", "benchmarks", "comfyui_lora_trainer",
+                       "lora_trainer_test_tiny_models", "comfy", "comfy_api", "comfy_extras", "folder_paths", "server",
+                       "execution", "playwright"}
 
 
 def pyproject() -> dict:

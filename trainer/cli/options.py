@@ -222,6 +222,9 @@ KEYS: tuple[Key, ...] = (
     Key("training", "prior_loss_weight", "float", 1.0, "Loss weight of regularization images."),
     Key("training", "gradient_accumulation_steps", "int", 1, "Batches whose gradients add up to one step."),
     Key("training", "gradient_checkpointing", "bool", False, "Recompute blocks in the backward pass (less memory)."),
+    Key("training", "torch_compile", "bool", False, "Run the model through torch.compile (the LoRA traced in)."),
+    Key("training", "dynamo_backend", "str", "inductor", "The torch.compile backend (kohya's dynamo_backend)."),
+    Key("training", "channels_last", "bool", False, "The model's convolutions and the latents in NHWC layout."),
     Key("training", "max_token_length", "int", 75, "Captions are cut to this many tokens.", MAX_TOKEN_LENGTHS),
     Key("training", "scale_weight_norms", "float", 0.0, "Max-norm regularization of each module's update; 0 = off."),
 

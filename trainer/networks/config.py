@@ -117,6 +117,11 @@ class NetworkConfig:
         return "lycoris.kohya" if self.dora else ALGORITHMS[self.algorithm].network_module
 
     @property
+    def draws_in_forward(self) -> bool:
+        """Whether the modules' forward draws random numbers: dropout masks, DyLoRA's rank."""
+        return self.algorithm == "DyLoRA" or any(getattr(self, name) > 0 for name in DROPOUTS)
+
+    @property
     def uses_convolutions(self) -> bool:
         return ALGORITHMS[self.algorithm].wraps_convolutions
 

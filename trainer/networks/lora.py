@@ -91,7 +91,9 @@ class LoRAModule(nn.Module):
             keep = keep.unsqueeze(1) if hidden.dim() == 3 else keep.view(*keep.shape, *[1] * (hidden.dim() - 2))
             hidden = hidden * keep
             scale = scale / (1.0 - drop.rank)
-        return self.up(hidden) * scale
+        # scaled at rank width, before up(): the same product as kohya's up(h) * scale, without a pass over the
+        # layer-wide output (16 of 320..1280 channels at rank 16); none when alpha = rank
+        return self.up(hidden * scale if scale != 1.0 else hidden)
 
     def saved_parameters(self) -> dict[str, nn.Parameter]:
         """The trained tensors under their kohya key suffixes (`.alpha` is saved beside them by the network)."""

@@ -50,21 +50,30 @@ def build_optimizer(config: OptimizerConfig, params: list, total_steps: int) -> 
     device_type = next((p.device.type for group in groups for p in group["params"]), None)
     for warning in config.warnings(device_type):
         logger.warning("lora-trainer optimizer: %s", warning)
-    optimizer = _construct(spec, config, groups)
+    optimizer = _construct(spec, config, groups, device_type)
     shape = ScheduleShape(config.warmup_steps(total_steps), total_steps, config.num_cycles, config.power,
                           config.base_lr)
     return optimizer, lambda_scheduler(optimizer, config.effective_scheduler(), shape)
 
 
-def _construct(spec: OptimizerType, config: OptimizerConfig, groups: list[dict]) -> torch.optim.Optimizer:
+# torch optimizers with a fused CUDA kernel: one launch updates every LoRA tensor (the default, foreach, takes a
+# few per step); the same update, to float rounding
+FUSED_ON_CUDA = ("torch.optim.adamw.AdamW", "torch.optim.adam.Adam")
+
+
+def _construct(spec: OptimizerType, config: OptimizerConfig, groups: list[dict],
+               device_type: str | None = None) -> torch.optim.Optimizer:
     kwargs = config.explicit_arguments()
+    fixed = dict(spec.fixed)
+    if device_type == "cuda" and spec.kohya_class in FUSED_ON_CUDA:
+        fixed["fused"] = True
     try:
         cls = spec.optimizer_class()
     except Exception as exc:  # the package checked out, but the class is not where it should be
         raise ConfigError(f"{spec.name}: {spec.module}.{spec.class_name} could not be loaded ({exc}); reinstall "
                           f"{spec.package.distribution if spec.package else 'torch'}.") from None
     try:
-        return spec.construct(cls, groups, config.base_lr, {**dict(spec.fixed), **kwargs})
+        return spec.construct(cls, groups, config.base_lr, {**fixed, **kwargs})
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
         given = ", ".join(f"{k}={format_value(v)}" for k, v in kwargs.items()) or "none beyond lr"
         raise ConfigError(f"{spec.name} refused its arguments ({given}): {exc}. Change them on the Optimizer node "
