@@ -94,3 +94,26 @@ def make_messy_folder(root: str) -> dict[str, list[str]]:
         "skipped_at_scan": ["zero.png", "fake.jpg", "broken link.png", "nested", "0_zero repeats", "3_only bad"],
         "skipped_at_cache": ["truncated.png"],
     }
+
+
+def run_gpu_script_smoke(out_dir: str, backend: str, env: dict | None = None):
+    """`bash benchmarks/gpu.sh --smoke --backend <backend>` with this Python, on the CPU (no GPU visible); the
+    finished process and the Markdown table it wrote."""
+    import subprocess
+    import sys
+
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ, PYTHON=sys.executable, OUT=out_dir, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+                       **(env or {}))
+    completed = subprocess.run(["bash", "benchmarks/gpu.sh", "--smoke", "--backend", backend], cwd=repo_root,
+                               env=environment, capture_output=True, text=True, timeout=600)
+    table = os.path.join(out_dir, "gpu_train_speed.md")
+    text = open(table, encoding="utf-8").read() if os.path.isfile(table) else ""
+    return completed, text
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """A Markdown table's body rows by their first cell (the header row and the separator left out)."""
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split(" | ")] for line in text.splitlines()
+            if line.startswith("| ")]
+    return {cells[0]: cells[1:] for cells in rows[1:]}

@@ -34,16 +34,17 @@ def missing_reason() -> str | None:
     return None
 
 
-def bootstrap() -> None:
-    """Import ComfyUI as a library on the CPU. Must run before anything imports comfy.model_management."""
+def bootstrap(cpu: bool = True) -> None:
+    """Import ComfyUI as a library, on the CPU unless `cpu` is False (then on the device ComfyUI picks, as
+    benchmarks/gpu_train_speed.py wants on a GPU). Must run before anything imports comfy.model_management."""
     path = comfyui_path()
     if path not in sys.path:
         sys.path.insert(0, path)
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = cpu
     args.disable_smart_memory = True
-    import comfy.model_management  # noqa: F401  (device chosen now, with args.cpu set)
+    importlib.import_module("comfy.model_management")     # the device is chosen now, with args.cpu set
 
 
 def load_module_from_folder(name: str, folder: str):

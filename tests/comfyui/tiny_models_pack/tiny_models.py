@@ -11,12 +11,17 @@ import torch
 
 
 def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """comfy.ops layers start uninitialised: fill every parameter deterministically."""
-    generator = torch.Generator().manual_seed(seed)
+    """comfy.ops layers start uninitialised: fill every parameter deterministically.
+
+    The numbers are drawn where each parameter lives (one generator per device), so a full-size model built on a
+    GPU is filled there, not drawn on the CPU and copied; on the CPU the draws are what they always were."""
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, param in module.named_parameters():
             if param.dim() > 1:
-                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+                if param.device not in generators:
+                    generators[param.device] = torch.Generator(param.device).manual_seed(seed)
+                param.copy_(0.02 * torch.randn(param.shape, generator=generators[param.device], device=param.device))
             else:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
     return module
@@ -106,15 +111,17 @@ def sdxl_unet_config(tiny: bool = False) -> dict:
                 use_temporal_resblock=False)
 
 
-def model_on(config_class, unet_config: dict, device=None, seed: int = 1):
-    """A ModelPatcher around ComfyUI's own model for `config_class` (comfy.supported_models.*); on "meta"
-    for names and shapes only, else with deterministic random weights."""
+def model_on(config_class, unet_config: dict, device=None, seed: int = 1, dtype: torch.dtype = torch.float32):
+    """A ModelPatcher around ComfyUI's own model for `config_class` (comfy.supported_models.*), its weights in
+    `dtype`; on "meta" for names and shapes only, else with deterministic random weights (drawn on `device`)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
     model_config = config_class(dict(unet_config))
-    model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")})
-    model_config.set_inference_dtype(torch.float32, None)
+    # the config class's unet_extra_config overrides the head layout (SD15 forces 8 heads): put ours back
+    model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")
+                                     if k in unet_config})
+    model_config.set_inference_dtype(dtype, None)
     base = model_config.get_model({}, device=device)
     if device != "meta":
         randomize_(base.diffusion_model, seed)
