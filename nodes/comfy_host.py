@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
 
 from ..trainer.errors import ConfigError
@@ -152,8 +153,9 @@ def attach_live_view() -> None:
 
 
 def _server():
-    try:
-        from server import PromptServer
-    except ImportError:
-        return None
-    return getattr(PromptServer, "instance", None)
+    """The running PromptServer, or None. Looked up, not imported: ComfyUI's main imports `server` before any
+    node runs, so where it is not imported there is no server (a test or a script calling the nodes), and an
+    import attempt there can fail (ComfyUI's own `comfy/utils.py` can hide its `utils` package on sys.path)
+    and would then be retried, and partly run, at every progress update."""
+    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
+    return getattr(prompt_server, "instance", None)
