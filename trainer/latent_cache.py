@@ -11,8 +11,10 @@ import dataclasses
 import logging
 import math
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from .latent_disk import DiskLatentStore
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("memory", "disk")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -168,43 +171,34 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
 
     total = sum(len(v) for v in planned.values())
     done = 0
-    buckets: dict[Size, list[CachedSample]] = {}
-    # smallest buckets first, as kohya sorts by area before caching
-    for bucket in sorted(planned, key=lambda b: (b[0] * b[1], b)):
-        items = planned[bucket]
-        ready: dict[int, CachedSample] = {}
-        to_encode = []
-        for index, item in enumerate(items):
-            source = disk_source(disk, item)
-            stored = from_disk(disk, item, source)
-            if stored is not None:
-                ready[index] = stored
-                done += 1
-            else:
-                to_encode.append((index, item, source))
-        if progress is not None and ready:
-            progress(done, total)
-        for start in range(0, len(to_encode), vae_batch_size):
-            batch, chunk, images, masks = to_encode[start:start + vae_batch_size], [], [], []
-            for index, item, source in batch:
-                try:
-                    image, mask = entry_image(item[1], transparent_on_white, item[0].alpha_mask)
-                    images.append(resize_and_crop(image, item[2], interpolation))
-                    masks.append(resize_and_crop(mask, item[2], interpolation) if mask is not None else None)
-                    chunk.append((index, item, source))
-                except UnreadableImage as exc:       # corrupt past its header: found only now, before training
-                    skipped.append(Skipped(exc.path, exc.reason))
-            done += len(batch)
-            if chunk:
-                samples = encode_chunk(encoder, [item for _, item, _ in chunk], images)
-                for (index, item, source), sample, mask in zip(chunk, samples, masks):
-                    sample = dataclasses.replace(sample, alpha_mask=latent_mask(mask))
-                    ready[index] = sample
-                    to_disk(disk, item, source, sample, mask)
-            if progress is not None:
-                progress(done, total)
-        if ready:
-            buckets[bucket] = [ready[index] for index in sorted(ready)]      # the folder's order, as planned
+    ready: dict[Size, dict[int, CachedSample]] = {}
+    # one worker thread does the reading (disk cache, decode, resize, to pixels) one batch ahead and the writing
+    # of .npz files behind, so the encoder never waits for files: caching costs about the encode alone
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-trainer-caching") as worker:
+        writes = []
+        with closing(read_ahead(worker, prepared_work(planned, disk, vae_batch_size, interpolation,
+                                                      transparent_on_white))) as work:
+            for part in work:
+                bucket_ready = ready.setdefault(part.bucket, {})
+                if isinstance(part, FromDisk):
+                    bucket_ready.update(part.samples)
+                    done += len(part.samples)
+                    if progress is not None and part.samples:
+                        progress(done, total)
+                    continue
+                skipped.extend(part.skipped)
+                done += part.planned
+                if part.chunk:
+                    samples = encoded_samples(encoder, part)
+                    bucket_ready.update((index, sample) for (index, _, _), sample in zip(part.chunk, samples))
+                    if disk is not None:
+                        writes.append(worker.submit(store_on_disk, disk, part.chunk, samples, part.masks))
+                if progress is not None:
+                    progress(done, total)
+        for write in writes:
+            write.result()                # a write that failed unexpectedly fails the caching, as it did inline
+    # each bucket's images in the folder's order, as planned
+    buckets = {bucket: [found[index] for index in sorted(found)] for bucket, found in ready.items() if found}
 
     for item in skipped:
         logger.warning("lora-trainer caching: skipped %s", item.describe())
@@ -215,6 +209,92 @@ def cache_latents(dataset: Dataset, encoder: LatentEncoder, settings: BucketSett
     mean_error = float(np.mean(ar_errors)) if ar_errors else 0.0
     return LatentCache(settings, dict(sorted(buckets.items())), dataset, mean_error, cache_mode, tuple(skipped),
                        interpolation, (disk.loaded, disk.written) if disk is not None else (0, 0))
+
+
+@dataclass
+class FromDisk:
+    """A bucket's latents read back from the disk cache (by the image's place in the bucket), before its other
+    images are encoded."""
+
+    bucket: Size
+    samples: dict[int, CachedSample]
+
+
+@dataclass
+class PreparedBatch:
+    """One VAE batch, read and ready for the encoder: the images that decoded (`chunk`: their place in the
+    bucket, the planned item, its disk source) as pixels, with the mirrors of flip_aug images after them."""
+
+    bucket: Size
+    planned: int                        # images the batch was planned with, those skipped included
+    chunk: list[tuple[int, tuple, dict | None]]
+    pixels: torch.Tensor | None         # [B + mirrors, H, W, 3] in 0..1; None when no image decoded
+    mirrored: list[int]                 # the chunk positions whose mirror follows in `pixels`
+    masks: list[Image.Image | None]     # each chunk image's bucket-sized loss mask (alpha_mask subsets)
+    skipped: list[Skipped]
+
+
+def prepared_work(planned: dict, disk: DiskLatentStore | None, vae_batch_size: int, interpolation: str,
+                  transparent_on_white: bool) -> Iterator[FromDisk | PreparedBatch]:
+    """All that caching does besides encoding, in the order the cache is built: bucket by bucket (smallest
+    first, as kohya sorts by area), what the disk cache still holds, then each VAE batch of the rest."""
+    for bucket in sorted(planned, key=lambda b: (b[0] * b[1], b)):
+        stored, to_encode = {}, []
+        for index, item in enumerate(planned[bucket]):
+            source = disk_source(disk, item)
+            sample = from_disk(disk, item, source)
+            if sample is not None:
+                stored[index] = sample
+            else:
+                to_encode.append((index, item, source))
+        yield FromDisk(bucket, stored)
+        for start in range(0, len(to_encode), vae_batch_size):
+            yield prepare_batch(bucket, to_encode[start:start + vae_batch_size], interpolation, transparent_on_white)
+
+
+def prepare_batch(bucket: Size, batch: list, interpolation: str, transparent_on_white: bool) -> PreparedBatch:
+    """Decode, resize and crop one VAE batch's images, and make the encoder's pixels; images corrupt past their
+    header (found only now, before training) are skipped. The decoded images are dropped here: only the pixels
+    of the batch being encoded and of the next one are held."""
+    chunk, images, masks, skipped = [], [], [], []
+    for index, item, source in batch:
+        try:
+            image, mask = entry_image(item[1], transparent_on_white, item[0].alpha_mask)
+            images.append(resize_and_crop(image, item[2], interpolation))
+            masks.append(resize_and_crop(mask, item[2], interpolation) if mask is not None else None)
+            chunk.append((index, item, source))
+        except UnreadableImage as exc:
+            skipped.append(Skipped(exc.path, exc.reason))
+    pixels, mirrored = encoder_pixels([item for _, item, _ in chunk], images) if chunk else (None, [])
+    return PreparedBatch(bucket, len(batch), chunk, pixels, mirrored, masks, skipped)
+
+
+def read_ahead(worker: ThreadPoolExecutor, items: Iterator[T]) -> Iterator[T]:
+    """`items`, each one made by `worker` (one thread) while the caller uses the one before it: one ahead, never
+    more, so two are held at most. An exception raised making an item is raised here, at that item."""
+    end = object()
+    upcoming = worker.submit(next, items, end)
+    try:
+        while True:
+            item = upcoming.result()
+            if item is end:
+                return
+            upcoming = worker.submit(next, items, end)
+            yield item
+    finally:
+        upcoming.cancel()                 # the caller stopped early: the item not yet started is not made
+
+
+def encoded_samples(encoder: LatentEncoder, batch: PreparedBatch) -> list[CachedSample]:
+    """The batch's cached samples, their loss masks at latent resolution."""
+    samples = encode_chunk(encoder, [item for _, item, _ in batch.chunk], batch.pixels, batch.mirrored)
+    return [dataclasses.replace(sample, alpha_mask=latent_mask(mask)) for sample, mask in zip(samples, batch.masks)]
+
+
+def store_on_disk(disk: DiskLatentStore, chunk: list, samples: list[CachedSample], masks: list) -> None:
+    """One encoded batch's .npz files (PreparedBatch.chunk and .masks, with the samples made of them)."""
+    for (_, item, source), sample, mask in zip(chunk, samples, masks):
+        to_disk(disk, item, source, sample, mask)
 
 
 def disk_source(disk: DiskLatentStore | None, item) -> dict | None:
@@ -274,15 +354,21 @@ def entry_image(entry, transparent_on_white: bool, with_mask: bool) -> tuple[Ima
     return open_rgb(entry.path, transparent_on_white), None
 
 
-def encode_chunk(encoder: LatentEncoder, chunk: list, images: list) -> list[CachedSample]:
-    """One VAE batch of same-bucket images (and the mirrors of flip_aug subsets' images) -> cached samples.
-
-    NaN/inf latents are refused, naming the files.
-    """
+def encoder_pixels(chunk: list, images: list) -> tuple[torch.Tensor, list[int]]:
+    """A VAE batch's pixels [B, H, W, 3], the mirrors of flip_aug subsets' images appended, and which chunk
+    positions have their mirror there."""
     pixels = to_pixels(images)
     mirrored = [index for index, (subset, _, _, _) in enumerate(chunk) if subset.flip_aug]
     if mirrored:
         pixels = torch.cat([pixels, pixels[mirrored].flip(2)])        # [B, H, W, C]: mirror along the width
+    return pixels, mirrored
+
+
+def encode_chunk(encoder: LatentEncoder, chunk: list, pixels: torch.Tensor, mirrored: list[int]) -> list[CachedSample]:
+    """One VAE batch of same-bucket images (encoder_pixels: the mirrors after them) -> cached samples.
+
+    NaN/inf latents are refused, naming the files.
+    """
     with torch.no_grad():
         latents = encoder.encode(pixels)
     latents = latents.detach().to("cpu", torch.float32).clone()

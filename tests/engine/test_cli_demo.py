@@ -172,7 +172,8 @@ def test_the_cli_under_torchrun_trains_the_single_process_lora_and_writes_one_se
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(port), "-m", "trainer", "train", demo_config(tmp_path, "double", epochs=4)],
+                             "--master_port", str(port), "-m", "trainer", "train",
+                             demo_config(tmp_path, "double", epochs=4)],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("final LoRA:") == 1 and "over 2 processes" in double.stdout   # rank 0 reports

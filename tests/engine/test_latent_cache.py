@@ -274,3 +274,49 @@ def test_random_crop_and_color_aug_are_refused_with_the_reason(tmp_path, tiny_va
         with pytest.raises(ConfigError, match=f"{option} is on for 1_x, but .*kohya refuses"):
             cache_latents(load_dataset_folder(root, **{option: True}), tiny_vae_encoder,
                           BucketSettings((64, 64), 64, 64))
+
+
+def test_reading_ahead_reads_one_batch_ahead_and_stops_with_the_caller(tmp_path, tiny_vae_encoder, monkeypatch):
+    """The next VAE batch is read in a worker thread while this one encodes; an error reading an image, or the
+    caller stopping (Cancel raises from the progress callback), ends the caching there, leaving no thread."""
+    import threading
+
+    import pytest
+
+    from tests.helpers import make_kohya_folder
+    from trainer import latent_cache
+
+    root = make_kohya_folder(str(tmp_path / "set"), {"1_x": [(64, 64)] * 9})
+    dataset, settings = load_dataset_folder(root), BucketSettings((64, 64), 64, 64)
+    decode, events, disk_gone = latent_cache.entry_image, [], []
+
+    def tracked(entry, transparent_on_white, with_mask):
+        events.append(("read", threading.current_thread().name))
+        if disk_gone:
+            raise RuntimeError("disk gone")
+        return decode(entry, transparent_on_white, with_mask)
+
+    class CountingEncoder:
+        def encode(self, pixels):
+            events.append(("encode", len([e for e in events if e[0] == "read"])))
+            return tiny_vae_encoder.encode(pixels)
+
+    monkeypatch.setattr(latent_cache, "entry_image", tracked)
+    cache_latents(dataset, CountingEncoder(), settings, vae_batch_size=3)
+    assert {name for kind, name in events if kind == "read"} == {"lora-trainer-caching_0"}
+    # each batch's encode starts with at most the next batch read beside it, never two batches ahead
+    assert all(reads <= 3 * (encoded + 2) for encoded, (_, reads) in
+               enumerate(e for e in events if e[0] == "encode"))
+
+    def cancel(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    events.clear()
+    with pytest.raises(KeyboardInterrupt):
+        cache_latents(dataset, tiny_vae_encoder, settings, vae_batch_size=3, progress=cancel)
+    assert len(events) <= 6                                    # the batch cancelled and at most the next one
+    disk_gone.append(True)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        cache_latents(dataset, tiny_vae_encoder, settings, vae_batch_size=3)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("lora-trainer-caching")]
