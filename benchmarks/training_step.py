@@ -234,8 +234,8 @@ class StepPair:
 
     def checkpoint_generator(self) -> torch.Generator | None:
         """What the engine's run hands checkpointing: the step's generator only when the LoRA draws random numbers
-        in its forward (dropouts, DyLoRA), as train_lora does (an engine that does not ask hands it always)."""
-        return self.step.generator if getattr(self.network.config, "draws_in_forward", True) else None
+        in its forward (dropouts, DyLoRA), as train_lora does."""
+        return self.step.generator if self.network.config.draws_in_forward else None
 
     def engine(self) -> None:
         self.step(self.samples, 1, self.captions)

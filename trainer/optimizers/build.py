@@ -58,7 +58,7 @@ def build_optimizer(config: OptimizerConfig, params: list, total_steps: int) -> 
 
 # torch optimizers with a fused CUDA kernel: one launch updates every LoRA tensor (the default, foreach, takes a
 # few per step); the same update, to float rounding
-FUSED_ON_CUDA = ("torch.optim.adamw.AdamW", "torch.optim.adam.Adam")
+FUSED_ON_CUDA = ("torch.optim.adamw.AdamW",)
 
 
 def _construct(spec: OptimizerType, config: OptimizerConfig, groups: list[dict],
