@@ -1,5 +1,6 @@
-"""Test-only ComfyUI custom nodes: loaders for tiny SD1.5- and SDXL-topology models (CheckpointLoaderSimple only
-recognises real checkpoints) and a node that compares two MODELs' predictions on one fixed input."""
+"""Test-only ComfyUI custom nodes: loaders for tiny SD1.5-, SDXL-, Flux-, SD3-, Chroma-, Qwen-Image- and
+Wan 2.1-topology models (CheckpointLoaderSimple only recognises real checkpoints) and a node that compares two
+MODELs' predictions on one fixed input."""
 
 import torch
 
@@ -22,6 +23,46 @@ class TinySD15Loader:
 class TinySDXLLoader(TinySD15Loader):
     def load(self, seed):
         return tiny_models.sdxl_model(seed=seed), tiny_models.sdxl_clip(seed=seed + 1), tiny_models.vae(seed=seed + 2)
+
+
+class TinyFluxLoader(TinySD15Loader):
+    """Flux.1-dev-like DiT, CLIP-L + T5 text encoders, 16-channel VAE."""
+
+    def load(self, seed):
+        return (tiny_models.flux_model(seed=seed), tiny_models.flux_clip(seed=seed + 1),
+                tiny_models.flow_vae(seed=seed + 2))
+
+
+class TinySD3Loader(TinySD15Loader):
+    """SD3.5-Medium-like MMDiT, CLIP-L + CLIP-G + T5 text encoders, 16-channel VAE."""
+
+    def load(self, seed):
+        return (tiny_models.sd3_model(seed=seed), tiny_models.sd3_clip(seed=seed + 1),
+                tiny_models.flow_vae(seed=seed + 2))
+
+
+class TinyChromaLoader(TinySD15Loader):
+    """Chroma DiT, T5 text encoder, 16-channel VAE."""
+
+    def load(self, seed):
+        return (tiny_models.chroma_model(seed=seed), tiny_models.chroma_clip(seed=seed + 1),
+                tiny_models.flow_vae(seed=seed + 2))
+
+
+class TinyQwenImageLoader(TinySD15Loader):
+    """Qwen-Image MMDiT, Qwen2.5-VL text encoder, Wan 2.1 VAE."""
+
+    def load(self, seed):
+        return (tiny_models.qwen_image_model(seed=seed), tiny_models.qwen_image_clip(seed=seed + 1),
+                tiny_models.wan_vae(seed=seed + 2))
+
+
+class TinyWan21Loader(TinySD15Loader):
+    """Wan 2.1 text-to-video DiT, umT5 text encoder, Wan 2.1 VAE."""
+
+    def load(self, seed):
+        return (tiny_models.wan21_model(seed=seed), tiny_models.wan_clip(seed=seed + 1),
+                tiny_models.wan_vae(seed=seed + 2))
 
 
 class RunsOutOfMemory:
@@ -84,5 +125,8 @@ class ComparePredictions:
 
 
 NODE_CLASS_MAPPINGS = {"TinySD15Loader": TinySD15Loader, "TinySDXLLoader": TinySDXLLoader,
+                       "TinyFluxLoader": TinyFluxLoader, "TinySD3Loader": TinySD3Loader,
+                       "TinyChromaLoader": TinyChromaLoader, "TinyQwenImageLoader": TinyQwenImageLoader,
+                       "TinyWan21Loader": TinyWan21Loader,
                        "ComparePredictions": ComparePredictions,
                        "RunsOutOfMemory": RunsOutOfMemory}
