@@ -7,14 +7,14 @@ trainer/diffusers_adapter.py for diffusers) hands it these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 
 
 class Denoiser(Protocol):
@@ -81,8 +81,15 @@ class TrainableModel:
     text_encoder_root: nn.Module | None = None
     # the blocks gradient checkpointing recomputes (ResNet and transformer blocks); empty where not offered
     checkpoint_blocks: list[nn.Module] = field(default_factory=list)
+    # the blocks update their inputs in place (ComfyUI's DiTs): checkpointing gives them copies
+    blocks_update_inputs: bool = False
     # the host's own model object (ComfyUI: the ModelPatcher trained on), for host callbacks such as previews
     host: object = None
+    # the family record, where the adapter made one that FAMILIES lacks (a generic flow-matching model)
+    family: object = None
+    # a context the whole run (steps, backward passes, previews) happens in, for what the host's model needs
+    # while it trains (ComfyUI's flow models: its training flag, copies of in-place-updated norm inputs)
+    training_mode: Callable[[], ContextManager] | None = None
 
     def targets_for(self, wraps_convolutions: bool, train_unet: bool = True,
                     train_text_encoder: bool = False) -> dict[str, nn.Module]:

@@ -65,3 +65,45 @@ def text_encoder_targets(text_model_root: nn.Module, prefix: str, kohya_layers: 
         return int(layer.group(1)) < kohya_layers
 
     return block_targets(text_model_root, TEXT_ENCODER_BLOCKS, rename, prefix, keep=kohya_has)
+
+
+_SD3_STREAM = re.compile(r"^joint_blocks\.\d+\.(context|x)_block$")
+
+
+def dit_targets(root: nn.Module, rule: str) -> dict[str, nn.Module]:
+    """kohya / musubi-tuner name -> Linear for a flow-matching DiT, named from the DiT's own module paths
+    (trainer/families.py `dit_blocks`):
+
+    - `blocks:<Class>,...`: every Linear inside modules of those classes (kohya's lora_flux: DoubleStreamBlock,
+      SingleStreamBlock; musubi-tuner's Qwen-Image and Wan networks: their transformer blocks);
+    - `sd3`: every Linear inside each joint block's context_block and x_block (kohya's lora_sd3, which matches
+      kohya's SingleDiTBlock class; ComfyUI's is DismantledBlock, so the path decides);
+    - `repeated`: every Linear inside the items of the DiT's block lists (any nn.ModuleList of modules that hold
+      Linear layers), for families without their own rule.
+    """
+    if rule.startswith("blocks:"):
+        classes = tuple(rule[len("blocks:"):].split(","))
+        blocks = [(path, m) for path, m in root.named_modules() if type(m).__name__ in classes]
+    elif rule == "sd3":
+        blocks = [(path, m) for path, m in root.named_modules() if _SD3_STREAM.match(path)]
+    elif rule == "repeated":
+        blocks = [(f"{path}.{index}", item) for path, m in root.named_modules() if isinstance(m, nn.ModuleList)
+                  for index, item in enumerate(m)
+                  if any(isinstance(layer, nn.Linear) for layer in item.modules())]
+        inner = {path for path, _ in blocks}      # a block list inside a block: its outer block already covers it
+        blocks = [(path, m) for path, m in blocks
+                  if not any(path.startswith(outer + ".") for outer in inner if outer != path)]
+    else:
+        raise ModelError(f"Unknown DiT target rule {rule!r}.")
+    targets: dict[str, nn.Module] = {}
+    for path, block in blocks:
+        for child_path, child in block.named_modules():
+            if child_path and isinstance(child, nn.Linear):
+                name = kohya_name(UNET_PREFIX, f"{path}.{child_path}")
+                if targets.get(name, child) is not child:
+                    raise ModelError(f"Two layers of this model would both be saved as {name}; nothing is trained "
+                                     "rather than saving a broken file.")
+                targets[name] = child
+    if not targets:
+        raise ModelError("This model has no Linear layers in the blocks a LoRA trains, so there is nothing to train.")
+    return targets

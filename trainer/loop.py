@@ -30,6 +30,7 @@ from .networks import LoRANetwork, NetworkConfig
 from .memory import training_memory_estimate
 from .memory_format import channels_last
 from .networks.continue_from import continue_from_file
+from .flow_objective import FlowSettings, build_flow_objective
 from .objective import build_objective
 from .objective_settings import ObjectiveSettings
 from .optim import OptimizerConfig, build_optimizer, effective_learning_rate_reader
@@ -203,7 +204,7 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     read_effective_lr = effective_learning_rate_reader(optimizer)
     stepper = TrainStep(denoiser, network, optimizer, optimizer_config, captions,
                         training_precision(settings.precision, denoiser.device, denoiser.compute_dtype), settings.seed,
-                        settings.prior_loss_weight, settings.objective, distributed)
+                        settings.prior_loss_weight, settings.objective, distributed, settings.flow)
     network.dropouts.generator = stepper.generator      # dropout coins follow the step's saved random stream
     validator = None
     if validation_cache is not None:
@@ -257,6 +258,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
     with ExitStack() as run_context, network.attached(targets):
         for root in frozen_roots:
             run_context.enter_context(frozen(root))
+        if model.training_mode is not None:
+            run_context.enter_context(model.training_mode())
         if settings.channels_last:
             run_context.enter_context(channels_last(model.frozen_root))
             stepper.memory_format = torch.channels_last
@@ -267,7 +270,8 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
             if drawing and settings.torch_compile:
                 raise ConfigError("torch_compile cannot trace gradient checkpointing around LoRA modules that draw "
                                   "random numbers (dropouts, DyLoRA): switch one of the three off.")
-            run_context.enter_context(checkpointed(model.checkpoint_blocks, stepper.generator if drawing else None))
+            run_context.enter_context(checkpointed(model.checkpoint_blocks, stepper.generator if drawing else None,
+                                                   model.blocks_update_inputs))
         if settings.torch_compile:             # after the LoRA hooks and checkpointing: both are traced in
             run_context.enter_context(compiled_model(denoiser, settings.dynamo_backend))
         try:
@@ -353,6 +357,14 @@ KEPT = (" The LoRA up to the previous step was kept (the -interrupted file); to 
         "settings).")
 
 
+def run_objective(denoiser, objective: ObjectiveSettings, flow: FlowSettings):
+    """The objective the denoiser's model trains with: kohya's DDPM one (epsilon, v-prediction) or flow matching
+    (trainer/flow_objective.py), with the family's timestep sampling and the shift its sampling declares."""
+    if denoiser.prediction_type == "flow":
+        return build_flow_objective(objective, flow, denoiser.flow_sampling, denoiser.flow_shift)
+    return build_objective(objective, denoiser.alphas_cumprod, denoiser.prediction_type, denoiser.device)
+
+
 def out_of_memory(step: int) -> TrainerError:
     return TrainerError(f"Out of memory at step {step}. Lower batch_size or the bucket resolution, train in bf16, "
                         f"switch gradient_checkpointing on, or close other models.{KEPT}")
@@ -368,10 +380,12 @@ class TrainStep:
     def __init__(self, denoiser, network: LoRANetwork, optimizer: torch.optim.Optimizer,
                  optimizer_config: OptimizerConfig, captions: CaptionContexts, precision: str, seed: int,
                  prior_loss_weight: float = 1.0, objective: ObjectiveSettings = ObjectiveSettings(),
-                 distributed: DistributedContext | None = None):
+                 distributed: DistributedContext | None = None, flow: FlowSettings = FlowSettings()):
         self.denoiser, self.network, self.optimizer = denoiser, network, optimizer
-        self.objective = build_objective(objective, denoiser.alphas_cumprod, denoiser.prediction_type,
-                                         denoiser.device)
+        self.objective = run_objective(denoiser, objective, flow)
+        # what a flow model's call takes besides the latents and text: Flux dev's guidance input
+        self.model_inputs = {"guidance": self.objective.flow.guidance_scale} if denoiser.prediction_type == "flow" \
+            else {}
         self.max_grad_norm = optimizer_config.max_grad_norm or float("inf")
         self.captions = captions
         self.precision = precision
@@ -408,7 +422,7 @@ class TrainStep:
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with autocast:
-            prediction = denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes)
+            prediction = denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes, **self.model_inputs)
         masks = None if sample.alpha_mask is None else sample.alpha_mask.to(device)[None, None]
         loss = self.objective.per_sample_loss(prediction, target, timesteps, masks)
         return float(self.objective.post_process_loss(loss, timesteps).mean())
@@ -456,7 +470,7 @@ class TrainStep:
                     else nullcontext())
         with autocast:
             prediction = denoiser(noisy.contiguous(memory_format=self.memory_format), timesteps, text.context,
-                                  pooled=text.pooled, sizes=sizes)
+                                  pooled=text.pooled, sizes=sizes, **self.model_inputs)
         masks = None
         if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])

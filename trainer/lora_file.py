@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .atomic_files import write_atomic
 from .errors import SaveError
-from .families import FAMILIES
+from .families import family_by_key
 from .paths import checked_lora_name as checked_file_name, is_inside
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,17 +42,21 @@ def new_session_id() -> str:
 
 def model_spec(base_model_version: str, title: str, resolution: tuple[int, int], prediction_type: str,
                date: datetime.datetime) -> dict[str, str]:
-    """kohya's modelspec keys for a LoRA (sai_model_spec 1.0.1)."""
-    return {
+    """kohya's modelspec keys for a LoRA (sai_model_spec 1.0.1). Flow-matching models have no prediction type
+    (kohya writes none for Flux; for SD3 it writes "epsilon", which an SD3 LoRA is not)."""
+    family = family_by_key(base_model_version)
+    spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": FAMILIES[base_model_version].architecture(prediction_type),
-        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": family.architecture(prediction_type),
+        "modelspec.implementation": family.implementation,
         "modelspec.implementation_version": f"comfyui-lora-trainer/{__version__}",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": date.isoformat(timespec="seconds"),
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
     }
+    if prediction_type != "flow":
+        spec["modelspec.prediction_type"] = "v" if prediction_type == "v_prediction" else "epsilon"
+    return spec
 
 
 def with_save_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:

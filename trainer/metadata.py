@@ -9,7 +9,7 @@ from .dataset.caption_processing import CaptionOptions
 from .latent_cache import LatentCache, tag_frequency
 from .lora_file import json_text, model_spec
 from .loop import TrainProgress
-from .families import FAMILIES
+from .families import family_by_key
 from .networks import NetworkConfig
 from .optim import OptimizerConfig
 from .plan import TrainPlan, TrainSettings
@@ -53,8 +53,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         "ss_network_dropout": network.network_dropout or None,
         "ss_mixed_precision": "no" if precision == "fp32" else precision,
         "ss_full_fp16": False,
-        "ss_v2": FAMILIES[base_model_version].v2,
-        "ss_base_model_version": base_model_version,
+        "ss_v2": family_by_key(base_model_version).v2,
+        "ss_base_model_version": family_by_key(base_model_version).version,
         "ss_clip_skip": clip_skip,
         "ss_max_token_length": None if settings.max_token_length == 75 else settings.max_token_length,
         "ss_cache_latents": True,
@@ -119,6 +119,8 @@ def training_metadata(*, run_name: str, session_id: str, cache: LatentCache, net
         values["ss_validation_loss"] = progress.validation_losses[-1][1]
         values["ss_validation_loss_step"] = progress.validation_losses[-1][0]
     values.update(settings.objective.metadata())          # loss type, min-SNR, noise offset... as kohya records
+    if prediction_type == "flow":                          # timestep sampling, shift, guidance (resolved)
+        values.update(settings.flow.metadata())
     metadata = {key: str(value) for key, value in values.items()}
     metadata.update(model_spec(base_model_version, run_name, resolution, prediction_type, datetime.datetime.now()))
     metadata.update(settings.objective.modelspec())

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .flow_objective import FlowSettings
 from .latent_cache import CachedSample, LatentCache, batches_per_epoch
 from .objective_settings import ObjectiveSettings
 from .validation import ValidationSettings
@@ -39,6 +40,7 @@ class TrainSettings:
     scale_weight_norms: float = 0.0  # kohya's max-norm regularization of each module's update; 0 = off
     objective: ObjectiveSettings = ObjectiveSettings()   # loss type, min-SNR, noise offset, timesteps...
     validation: ValidationSettings = ValidationSettings()   # held-out share, seed and cadence of validation
+    flow: FlowSettings = FlowSettings()   # flow-matching models only: timestep sampling, shift, guidance
     sample_every_n_steps: int = 0    # kohya's sample_every_n_steps / _epochs: in-training previews; 0 = off
     sample_every_n_epochs: int = 0
 
@@ -67,6 +69,7 @@ class TrainSettings:
                               "(kohya suggests 1).")
         self.objective.validated()
         self.validation.validated()
+        self.flow.validated()
         if self.max_token_length not in MAX_TOKEN_LENGTHS:
             raise ConfigError(f"max_token_length is {self.max_token_length}; kohya offers "
                               f"{', '.join(map(str, MAX_TOKEN_LENGTHS))}.")

@@ -20,6 +20,7 @@ import torch
 
 from .atomic_files import write_atomic, write_json_atomic
 from .errors import ConfigError
+from .flow_objective import FlowSettings
 from .latent_cache import LatentCache
 from .networks import NetworkConfig
 from .optim import OptimizerConfig
@@ -63,7 +64,7 @@ def run_fingerprint(cache: LatentCache, network: NetworkConfig, optimizer: Optim
         "network": dataclasses.asdict(network),
         "optimizer": json.loads(json.dumps(dataclasses.asdict(optimizer))),
         "dataset": data.hexdigest(),
-    }
+    } | ({} if settings.flow == FlowSettings() else {"flow": dataclasses.asdict(settings.flow)})
 
 
 def check_resumable(saved: dict, current: dict) -> None:

@@ -324,9 +324,11 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
 
         def is_cancel(exc: BaseException) -> bool:
             return isinstance(exc, OtherProcessStopped) or host_is_cancel(exc)
-    check_latents_fit(latents, FAMILIES[trainable.base_model_version])
+    check_latents_fit(latents, trainable.family or FAMILIES[trainable.base_model_version])
     plan = plan_run(latents, settings)
     denoiser = trainable.denoiser
+    if denoiser.prediction_type == "flow":    # auto and the model's shift made explicit, for the metadata and log
+        settings = replace(settings, flow=settings.flow.resolved(denoiser.flow_sampling, denoiser.flow_shift))
     precision = training_precision(settings.precision, denoiser.device, denoiser.compute_dtype)
     if distributed is None:
         resume, run_name = run_to_start(folders, resume_from, settings.output_name)
@@ -348,7 +350,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
     plan_text = "\n".join([f"run {run_name}" + (f", resumed at step {resume.step}" if resume else ""),
                            latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps, denoiser.device.type), plan.describe(),
-                           settings.objective.describe(),
+                           settings.objective.describe()
+                           + (f"; {settings.flow.describe()}" if denoiser.prediction_type == "flow" else ""),
                            f"batch {settings.batch_size}"
                            + (f" over {distributed.world_size} processes" if distributed else "")
                            + f", seed {settings.seed}, "
