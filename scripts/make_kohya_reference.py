@@ -5,8 +5,10 @@ Produced from kohya-ss/sd-scripts commit 48d368fa557731ad0488c07304dfeba8c07910e
     OMP_NUM_THREADS=1 .venv/bin/python scripts/make_kohya_reference.py ~/sd-scripts --check ../shared/reference
 
 run in the repository root (the checkout path may also come from $SD_SCRIPTS_PATH; default ~/sd-scripts). It
-writes tests/reference/{sd15,sd2,sdxl}_{unet,te}_lora_keys.txt (`--output` for another folder); `--check DIR`
-compares them with the same-named files in DIR byte for byte (exit status 1 if any differ).
+writes tests/reference/{sd15,sd2,sdxl}_{unet,te}_lora_keys.txt and the flow-matching DiTs' files
+{flux_dev,sd35_large,sd35_medium}_unet_lora_keys.txt (`--output` for another folder; `--families sd` or `flow`
+for one group); `--check DIR` compares them with the same-named files in DIR byte for byte (exit status 1 if any
+differ; files DIR lacks are not compared).
 
 How the models are built: kohya's own loaders are run, not re-implemented. For SD1 / SD2 that is
 `library/model_util.py:load_models_from_stable_diffusion_checkpoint`, for SDXL
@@ -16,6 +18,27 @@ no-op on classes that keep their own name), and everything is built on the meta 
 (`library/original_unet.py`, `library/sdxl_original_unet.py`) and the text-encoder configs are kohya's,
 taken as the loaders create them. The LoRA modules are then those `networks/lora.py:LoRANetwork` creates:
 once without `conv_dim` (rows marked `default`) and once with it (all rows, in the network's order).
+
+Flux.1 dev and SD3.5 (DiT only; their text-encoder modules are not written): the LoRA modules are those kohya's
+`networks/lora_flux.py:create_network` / `networks/lora_sd3.py:create_network` create with no network_args
+(`create_network(1.0, None, None, None, [], dit)`: rank 4, alpha 1, no text encoders), on the meta device;
+once more with `conv_dim` to mark any LoCon-only row (there are none: the blocks have no Conv2d). The models
+(`tests/oracles/kohya_flow.py`, which also holds kohya's flow objective as an oracle):
+
+- Flux: kohya's `library/flux_models.py:Flux(configs["dev"].params)` built on the meta device, which is what
+  `library/flux_utils.py:load_flow_model` does for a dev checkpoint before reading it (it only takes the block
+  counts from the checkpoint: 19 double, 38 single for dev). No stub.
+- SD3.5 Large / Medium: kohya makes an MMDiT only from a checkpoint (`library/sd3_utils.py:load_mmdit`, whose
+  `analyze_state_dict_state` reads depth, patch size, pos-embed size, pooled and context widths, qk_norm and the
+  attn2 blocks from key shapes). It is given a state dict of meta tensors holding only those keys, shaped as in
+  the released checkpoints (hidden 64 x depth: Large depth 38, pos_embed_max_size 192; Medium depth 24, 384,
+  x_block attn2 in blocks 0-12; pooled 2048, context 4096, ln_k present); its
+  `load_state_dict(strict=False, assign=True)` shape-checks them and the rest stays on meta
+  (`kohya_flow.sd35_on_meta`, which also checks kohya's model_type: "5-large" / "5-medium").
+- kohya's flow networks and models import as they are here. `kohya_flow.modules()` also imports
+  `library/flux_train_utils.py` / `sd3_train_utils.py` (for the oracle), which import `library/train_util.py`,
+  which does not import with transformers 5.x: they get a placeholder train_util for the import (see that
+  module's docstring). The key lists use neither.
 
 Workarounds for running kohya's code with this venv's libraries (it pins transformers 4.54, diffusers 0.32):
 
@@ -51,10 +74,16 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from tests.oracles import kohya_flow  # noqa: E402  (kohya's Flux / SD3 models on meta)
 from tests.oracles import kohya_sd_scripts as kohya  # noqa: E402  (imports sd-scripts, transformers-4 paths)
 
 OUTPUT_DIR = os.path.join(REPO_ROOT, "tests", "reference")
 UNUSED_CHECKPOINT = "no-weights.safetensors"   # never opened: the readers are stubbed
+FAMILIES = ("sd", "flow")
+# flow-matching DiTs: file prefix -> (kohya's network module in kohya_flow.modules(), model builder)
+FLOW_MODELS = {"flux_dev": ("lora_flux", kohya_flow.flux_dev_on_meta),
+               "sd35_large": ("lora_sd3", lambda: kohya_flow.sd35_on_meta("large")),
+               "sd35_medium": ("lora_sd3", lambda: kohya_flow.sd35_on_meta("medium"))}
 
 
 def without_loading(cls: type) -> type:
@@ -125,7 +154,39 @@ def lines(with_conv, default) -> str:
     return text
 
 
-def reference_files(sd_scripts: str) -> dict[str, str]:
+def flow_lora_modules(network_module, dit, conv_dim):
+    """kohya's Flux / SD3 create_network on the DiT, no text encoders, no network_args but conv_dim."""
+    kwargs = {"conv_dim": str(conv_dim)} if conv_dim else {}    # network_args arrive as strings
+    with torch.device("meta"):
+        network = network_module.create_network(1.0, None, None, None, [], dit, **kwargs)
+    if network.text_encoder_loras:
+        raise SystemExit("kohya created text-encoder modules without text encoders")
+    return network.unet_loras
+
+
+def flow_reference_files(sd_scripts: str) -> dict[str, str]:
+    reason = kohya_flow.missing_reason(sd_scripts)
+    if reason:
+        raise SystemExit(reason)
+    loaded = kohya_flow.modules(sd_scripts)
+    files = {}
+    for model, (network_name, build) in FLOW_MODELS.items():
+        dit = build()
+        network_module = getattr(loaded, network_name)
+        default = flow_lora_modules(network_module, dit, conv_dim=None)
+        with_conv = flow_lora_modules(network_module, dit, conv_dim=4)
+        files[f"{model}_unet_lora_keys.txt"] = lines(with_conv, default)
+    return files
+
+
+def reference_files(sd_scripts: str, families=FAMILIES) -> dict[str, str]:
+    files = sd_reference_files(sd_scripts) if "sd" in families else {}
+    if "flow" in families:
+        files.update(flow_reference_files(sd_scripts))
+    return files
+
+
+def sd_reference_files(sd_scripts: str) -> dict[str, str]:
     reason = kohya.missing_reason(sd_scripts)
     if reason:
         raise SystemExit(reason)
@@ -151,9 +212,11 @@ def main() -> int:
                         default=os.environ.get("SD_SCRIPTS_PATH", os.path.expanduser("~/sd-scripts")))
     parser.add_argument("--output", default=OUTPUT_DIR)
     parser.add_argument("--check", metavar="DIR", help="compare with the same-named files in DIR")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                        help="sd: SD1.5 / SD2 / SDXL UNets and text encoders; flow: Flux.1 dev, SD3.5 L / M DiTs")
     args = parser.parse_args()
     logging.disable(logging.INFO)          # kohya logs every network it creates
-    files = reference_files(os.path.abspath(os.path.expanduser(args.sd_scripts)))
+    files = reference_files(os.path.abspath(os.path.expanduser(args.sd_scripts)), args.families)
     os.makedirs(args.output, exist_ok=True)
     for name, text in files.items():
         with open(os.path.join(args.output, name), "w", encoding="ascii", newline="\n") as handle:
