@@ -15,6 +15,8 @@ from ..trainer.errors import ModelError
 from ..trainer.families import SD1, Family
 from ..trainer.interfaces import TrainableModel
 from ..trainer.latent_disk import module_identity
+from .comfy_flow import (ComfyFlowDenoiser, check_trainable, flow_checkpoint_blocks, flow_family_of, flow_targets,
+                         is_flow_sampling, training_mode)
 from .comfy_targets import COMFY_CONV_BLOCK_CLASSES, clip_targets, family_of, unet_targets
 
 
@@ -95,7 +97,7 @@ class ComfyCaptionEncoder:
 
     def __init__(self, clip, family: Family = SD1, max_token_length: int = 75):
         self.clip = clip
-        self.pooled = family.pooled_text
+        self.pooled = family.pooled_text or family.is_flow     # flow models: Flux's CLIP-L, SD3's L + G pooled
         self.chunks = max_token_length // 75
 
     def encode(self, caption: str):
@@ -134,7 +136,11 @@ class ComfyVAEEncoder:
         self.vae = vae
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels)
+        if getattr(self.vae, "latent_dim", 2) != 3:
+            return self.vae.encode(pixels)
+        # a video VAE (Wan 2.1, which Qwen-Image uses too) reads a batch of images as the frames of one video:
+        # each image is encoded as a one-frame video, and its latent kept as an image's [C, h, w]
+        return torch.cat([self.vae.encode(image[None])[:, :, 0] for image in pixels])
 
     def identity(self) -> str:
         """Names the VAE's weights, so latents it wrote to disk are told apart from another VAE's."""
@@ -174,10 +180,14 @@ def model_family(patcher) -> Family:
     """The family of a MODEL this version trains (SD1.x, SD2.x, SDXL); a clear error for the rest."""
     config = patcher.model.model_config
     family = family_of(config)
+    if family is None and is_flow_sampling(patcher.get_model_object("model_sampling")):
+        family = flow_family_of(patcher.model)
+        check_trainable(patcher.model, family)
+        return family
     if family is None:
-        raise ModelError(f"Train supports SD1.x, SD2.x and SDXL checkpoints in this version, and this MODEL is "
-                         f"{type(config).__name__}. Load an SD1.5-, SD2- or SDXL-based checkpoint; flow-matching "
-                         "models (Flux, SD3.5, ...) are on the roadmap.")
+        raise ModelError(f"Train supports SD1.x, SD2.x, SDXL and flow-matching models (Flux.1, Chroma, SD3.x, "
+                         f"Qwen-Image, Wan, ...), and this MODEL is {type(config).__name__}, which samples with "
+                         f"{type(patcher.get_model_object('model_sampling')).__name__}. Load one of those.")
     channels = config.unet_config.get("in_channels")
     if channels != family.latent_channels:
         raise ModelError(f"This {family.title} MODEL takes {channels} input channels (an inpainting or instruct "
@@ -213,7 +223,7 @@ def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> Trainable
     patcher = training_patcher(patcher)
     base = patcher.model
     unet, unet_config = base.diffusion_model, base.model_config.unet_config
-    targets = unet_targets(unet, unet_config, family)
+    targets = flow_targets(base, family) if family.is_flow else unet_targets(unet, unet_config, family)
 
     reserved = {"bytes": 0}
 
@@ -225,8 +235,15 @@ def trainable_from_comfy(patcher, clip, max_token_length: int = 75) -> Trainable
         if memory_required is not None:
             reserved["bytes"] = memory_required
         models = [patcher] + ([clip.patcher] if keep_text_encoder and getattr(clip, "patcher", None) else [])
+        if family.is_flow and not keep_text_encoder:     # captions cached: T5 / the LLM encoder leaves the GPU
+            release_from_device(getattr(clip, "patcher", None))
         comfy.model_management.load_models_gpu(models, memory_required=reserved["bytes"], force_full_load=True)
 
+    if family.is_flow:
+        return TrainableModel(ComfyFlowDenoiser(patcher, family), targets, unet, family.key,
+                              ComfyCaptionEncoder(clip, family, max_token_length), prepare=load_unet,
+                              checkpoint_blocks=flow_checkpoint_blocks(base, family, targets), host=patcher,
+                              family=family, training_mode=lambda: training_mode(unet), blocks_update_inputs=True)
     conv_targets = unet_targets(unet, unet_config, family, COMFY_CONV_BLOCK_CLASSES)
     return TrainableModel(ComfyDenoiser(patcher, family), targets, unet, family.version,
                           ComfyCaptionEncoder(clip, family, max_token_length),

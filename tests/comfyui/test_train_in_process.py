@@ -80,7 +80,7 @@ def test_the_family_comes_from_the_model_and_others_are_refused_clearly(comfy, p
 
     refiner = tiny.model_on(comfy.supported_models.SDXLRefiner, {**tiny.sdxl_unet_config(), "adm_in_channels": 2560},
                             "meta")
-    with pytest.raises(ModelError, match="SD1.x, SD2.x and SDXL checkpoints"):
+    with pytest.raises(ModelError, match="SD1.x, SD2.x, SDXL and flow-matching models .* this MODEL is SDXLRefiner"):
         model_family(refiner)
     inpainting = tiny.model_on(comfy.supported_models.SD15, {**tiny.sd15_unet_config(), "in_channels": 9}, "meta")
     with pytest.raises(ModelError, match="9 input channels"):

@@ -115,10 +115,11 @@ def sdxl_unet_config(tiny: bool = False) -> dict:
 
 
 def model_on(config_class, unet_config: dict, device=None, seed: int = 1, dtype: torch.dtype = torch.float32,
-             fan_in: bool = False):
+             fan_in: bool = False, manual_cast_dtype: torch.dtype | None = None):
     """A ModelPatcher around ComfyUI's own model for `config_class` (comfy.supported_models.*), its weights in
     `dtype`; on "meta" for names and shapes only, else with deterministic random weights (drawn on `device`;
-    `fan_in`: see randomize_)."""
+    `fan_in`: see randomize_). `manual_cast_dtype`: the compute dtype when the weights are stored in another
+    (fp8 or bf16 weights computed in fp32, as UNETLoader's weight_dtype option sets up on a CPU)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -126,7 +127,7 @@ def model_on(config_class, unet_config: dict, device=None, seed: int = 1, dtype:
     # the config class's unet_extra_config overrides the head layout (SD15 forces 8 heads): put ours back
     model_config.unet_config.update({k: unet_config[k] for k in ("num_heads", "num_head_channels")
                                      if k in unet_config})
-    model_config.set_inference_dtype(dtype, None)
+    model_config.set_inference_dtype(dtype, manual_cast_dtype)
     base = model_config.get_model({}, device=device)
     if device != "meta":
         randomize_(base.diffusion_model, seed, fan_in=fan_in)
@@ -238,14 +239,17 @@ def flux_unet_config(guidance_embed: bool = True) -> dict:
         depth_single_blocks=2, mlp_ratio=4.0, theta=10000, qkv_bias=True, guidance_embed=guidance_embed), FluxParams)
 
 
-def flux_model(seed: int = 1, guidance_embed: bool = True):
+def flux_model(seed: int = 1, guidance_embed: bool = True, weight_dtype: torch.dtype = torch.float32):
     """Flux.1-dev-like (guidance_embed=True: comfy.supported_models.Flux, ModelSamplingFlux shift 1.15, the DiT
     sees timestep = sigma) or schnell-like (False: FluxSchnell, as ComfyUI picks for a checkpoint without
-    guidance_in: ModelSamplingDiscreteFlow shift 1.0, multiplier 1.0)."""
+    guidance_in: ModelSamplingDiscreteFlow shift 1.0, multiplier 1.0). `weight_dtype` other than fp32: the weights
+    stored in it and computed in fp32 (ComfyUI's manual cast), as UNETLoader loads fp8_e4m3fn on a CPU."""
     import comfy.supported_models
 
     config_class = comfy.supported_models.Flux if guidance_embed else comfy.supported_models.FluxSchnell
-    return model_on(config_class, flux_unet_config(guidance_embed), seed=seed, fan_in=True)
+    cast = None if weight_dtype == torch.float32 else torch.float32
+    return model_on(config_class, flux_unet_config(guidance_embed), seed=seed, fan_in=True, dtype=weight_dtype,
+                    manual_cast_dtype=cast)
 
 
 def flux_clip(seed: int = 6):
