@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from comfy_api.latest import io
 
+from ..trainer.flow_objective import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, FlowSettings
 from ..trainer.objective_settings import HUBER_SCHEDULES, LOSS_TYPES, ObjectiveSettings
 
 
@@ -66,3 +67,37 @@ OBJECTIVE_INPUT_NAMES = tuple(f.name for f in fields(ObjectiveSettings))
 def objective_settings(values: dict) -> ObjectiveSettings:
     """Takes the loss and noise inputs out of `values` (Train's keyword arguments) into ObjectiveSettings."""
     return ObjectiveSettings(**{name: values.pop(name) for name in OBJECTIVE_INPUT_NAMES if name in values})
+
+
+def flow_inputs() -> list:
+    """Flow-matching models only (Flux.1, Chroma, SD3.x, Qwen-Image, Wan...): kohya's options, ignored otherwise."""
+    return [
+        io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLINGS), default="auto", optional=True,
+                       tooltip="Flow models: how sigmas are drawn. auto: the family's (Flux, Chroma: flux_shift, "
+                               "resolution-dependent; SD3: logit_normal with shift 3; others: shift with the "
+                               "model's shift). sigma is kohya's Flux default."),
+        io.Float.Input("sigmoid_scale", default=1.0, min=0.01, max=100.0, step=0.1, optional=True,
+                       tooltip="Flow models: k in sigmoid(k u) for sigmoid, shift and flux_shift sampling."),
+        io.Float.Input("discrete_flow_shift", default=0.0, min=0.0, max=100.0, step=0.05, optional=True,
+                       tooltip="Flow models: the shift S for shift, sigma and logit_normal sampling. 0 = the "
+                               "MODEL's own (Flux: e^1.15 = 3.16, SD3: 3.0, Wan: 8.0); kohya's default is 3.0."),
+        io.Combo.Input("weighting_scheme", options=list(WEIGHTING_SCHEMES), default="none", optional=True,
+                       tooltip="Flow models, sigma sampling: the density of u (logit_normal, mode); with the raw "
+                               "velocity loss kohya applies no loss weight for any scheme."),
+        io.Float.Input("logit_mean", default=0.0, min=-10.0, max=10.0, step=0.1, optional=True,
+                       tooltip="Flow models: mean of the logit-normal density."),
+        io.Float.Input("logit_std", default=1.0, min=0.01, max=10.0, step=0.1, optional=True,
+                       tooltip="Flow models: standard deviation of the logit-normal density."),
+        io.Float.Input("mode_scale", default=1.29, min=-10.0, max=10.0, step=0.01, optional=True,
+                       tooltip="Flow models: scale of the mode density."),
+        io.Float.Input("guidance_scale", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
+                       tooltip="Flux dev: the guidance input while training (kohya's docs advise 1.0)."),
+    ]
+
+
+FLOW_INPUT_NAMES = tuple(f.name for f in fields(FlowSettings))
+
+
+def flow_settings(values: dict) -> FlowSettings:
+    """Takes the flow-matching inputs out of `values` (Train's keyword arguments) into FlowSettings."""
+    return FlowSettings(**{name: values.pop(name) for name in FLOW_INPUT_NAMES if name in values})

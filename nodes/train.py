@@ -26,7 +26,7 @@ from ..trainer.validation import ValidationSettings
 from .comfy_host import RUN_DATA_FOLDER, ProgressReporter, check_cancel, is_cancel, loras_folder
 from .comfy_model import apply_lora_patches, clip_skip_of, trainable_from_comfy
 from .previews import PreviewRenderer
-from .objective_inputs import objective_inputs, objective_settings
+from .objective_inputs import flow_inputs, flow_settings, objective_inputs, objective_settings
 from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, TrainedLora as TrainedLoraType
 
 
@@ -225,6 +225,7 @@ class LoRATrain(io.ComfyNode):
                                  tooltip="Compile the UNet with torch.compile (inductor), the LoRA traced in: "
                                          "faster steps on a GPU after a first step that compiles (a minute or "
                                          "more); needs Triton on the GPU (kohya's torch_compile)."),
+                *flow_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -245,6 +246,7 @@ class LoRATrain(io.ComfyNode):
                 vae=None, sample_prompts="", sample_every_n_steps=0, sample_every_n_epochs=0,
                 sample_sampler="euler", sample_scheduler="normal", torch_compile=False,
                 **loss_and_noise) -> io.NodeOutput:
+        flow = flow_settings(loss_and_noise)
         objective = objective_settings(loss_and_noise)
         validation = ValidationSettings(split=validation_split, seed=validation_seed,
                                         every_n_steps=validate_every_n_steps, every_n_epochs=validate_every_n_epochs)
@@ -256,7 +258,8 @@ class LoRATrain(io.ComfyNode):
                                  max_token_length=int(max_token_length), scale_weight_norms=scale_weight_norms,
                                  objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n,
                                  validation=validation, sample_every_n_steps=sample_every_n_steps,
-                                 sample_every_n_epochs=sample_every_n_epochs, torch_compile=torch_compile)
+                                 sample_every_n_epochs=sample_every_n_epochs, torch_compile=torch_compile,
+                                 flow=flow)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "", validation_latents=validation_latents,
                            previews=PreviewSettings(vae, sample_prompts or "", sample_sampler, sample_scheduler))

@@ -14,7 +14,8 @@ from tests.helpers import make_kohya_folder
 # node -> the TOML sections its widgets are in
 NODE_SECTIONS = {"LoRALoadDatasetFolder": ("dataset",), "LoRABucketCacheLatents": ("buckets",),
                  "LoRAConfigure": ("network",), "LoRAOptimizer": ("optimizer",),
-                 "LoRATrain": ("training", "objective", "validation", "previews"), "LoRASaveSafetensors": ("save",)}
+                 "LoRATrain": ("training", "objective", "flow", "validation", "previews"),
+                 "LoRASaveSafetensors": ("save",)}
 # node input -> its TOML key, where the names differ (and why)
 RENAMED = {"train_seed": "seed"}                 # the node avoids "seed" (the frontend's randomize-after-generate)
 NOT_KEYS = {"resume_from"}                       # the `resume` command

@@ -12,6 +12,7 @@ from ..dataset.buckets import BucketSettings
 from ..dataset.caption_processing import CaptionOptions
 from ..errors import TrainerError
 from ..networks import NetworkConfig
+from ..flow_objective import FlowSettings
 from ..objective_settings import ObjectiveSettings
 from ..optimizers import OptimizerConfig, completed_betas
 from ..plan import TrainSettings
@@ -104,12 +105,14 @@ def train_settings(config: RunConfig) -> TrainSettings:
     training, validation, previews = config["training"], config["validation"], config["previews"]
     with reported_at(config, ("objective",)):
         objective = ObjectiveSettings(**config["objective"]).validated()
+    with reported_at(config, ("flow",)):
+        flow = FlowSettings(**config["flow"]).validated()
     with reported_at(config, ("validation",)):
         checked_validation = ValidationSettings(
             split=validation["validation_split"], seed=validation["validation_seed"],
             every_n_steps=validation["validate_every_n_steps"],
             every_n_epochs=validation["validate_every_n_epochs"]).validated()
     with reported_at(config, ("training",)):
-        return TrainSettings(**training, objective=objective, validation=checked_validation,
+        return TrainSettings(**training, objective=objective, flow=flow, validation=checked_validation,
                              sample_every_n_steps=previews["sample_every_n_steps"],
                              sample_every_n_epochs=previews["sample_every_n_epochs"]).validated()

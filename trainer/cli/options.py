@@ -14,6 +14,7 @@ from ..dataset.caption_processing import CaptionOptions
 from ..dataset.images import RESIZE_INTERPOLATIONS
 from ..latent_cache import CACHE_MODES
 from ..networks import ALGORITHMS, TRAIN_ON
+from ..flow_objective import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES, FlowSettings
 from ..objective_settings import HUBER_SCHEDULES, LOSS_TYPES, ObjectiveSettings
 from ..optimizers import OPTIMIZERS
 from ..plan import MAX_TOKEN_LENGTHS, PRECISIONS
@@ -63,6 +64,8 @@ SECTIONS = (
                          "default (the node's -1 / default).", "LoRAOptimizer"),
     Section("training", "The run: length, batch, seed, precision, saves.", "LoRATrain"),
     Section("objective", "kohya's loss and noise options.", "LoRATrain"),
+    Section("flow", "Flow-matching models only (Flux.1, Chroma, SD3.x, Qwen-Image, Wan...): kohya's timestep "
+                    "sampling and guidance; ignored for SD1.x / SD2.x / SDXL.", "LoRATrain"),
     Section("validation", "Validation loss: a held-out share of the images, or a validation folder.", "LoRATrain"),
     Section("previews", "In-training previews (ComfyUI checkpoints only: rendered with ComfyUI's sampler).",
             "LoRATrain"),
@@ -119,6 +122,27 @@ def _objective_keys() -> list[Key]:
     return [Key("objective", f.name, kinds[type(getattr(defaults, f.name))], getattr(defaults, f.name),
                 OBJECTIVE_HELP[f.name], OBJECTIVE_CHOICES.get(f.name, ()))
             for f in fields(ObjectiveSettings)]
+
+
+FLOW_HELP = {
+    "timestep_sampling": "How sigmas are drawn; auto: the family's (Flux, Chroma: flux_shift; SD3: logit_normal; "
+                         "others: shift).",
+    "sigmoid_scale": "k in sigmoid(k u) for sigmoid, shift and flux_shift sampling.",
+    "discrete_flow_shift": "The shift S for shift, sigma and logit_normal sampling; 0 = the model's own.",
+    "weighting_scheme": "sigma sampling: the density of u (no loss weight with the raw velocity loss).",
+    "logit_mean": "Mean of the logit-normal density.",
+    "logit_std": "Standard deviation of the logit-normal density.",
+    "mode_scale": "Scale of the mode density.",
+    "guidance_scale": "Flux dev: the guidance input while training (kohya's docs advise 1.0).",
+}
+FLOW_CHOICES = {"timestep_sampling": TIMESTEP_SAMPLINGS, "weighting_scheme": WEIGHTING_SCHEMES}
+
+
+def _flow_keys() -> list[Key]:
+    defaults = FlowSettings()
+    kinds = {int: "int", float: "float", str: "str"}
+    return [Key("flow", f.name, kinds[type(getattr(defaults, f.name))], getattr(defaults, f.name),
+                FLOW_HELP[f.name], FLOW_CHOICES.get(f.name, ())) for f in fields(FlowSettings)]
 
 
 def _optional_number(name: str, help_text: str) -> Key:
@@ -229,6 +253,7 @@ KEYS: tuple[Key, ...] = (
     Key("training", "scale_weight_norms", "float", 0.0, "Max-norm regularization of each module's update; 0 = off."),
 
     *_objective_keys(),
+    *_flow_keys(),
 
     Key("validation", "folder", "path", "", "A validation dataset folder (N_name layout, same bucket settings); "
                                             "\"\" = none."),
