@@ -25,6 +25,13 @@ OUT_DIR = os.path.join(REPO_ROOT, "example_workflows")
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+# the file names ComfyUI's own Flux.1 dev, SD3.5 and Qwen-Image example workflows load
+FLUX_FILES = {"unet": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors", "t5": "t5xxl_fp16.safetensors",
+              "vae": "ae.safetensors"}
+SD35_FILES = {"ckpt": "sd3.5_medium.safetensors", "clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors",
+              "t5": "t5xxl_fp16.safetensors"}
+QWEN_FILES = {"unet": "qwen_image_fp8_e4m3fn.safetensors", "clip": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+              "vae": "qwen_image_vae.safetensors"}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 SEED_NAMES = ("seed", "noise_seed")        # older frontends add the seed control by name, newer by a flag
 SEED_CONTROL = "fixed"                     # a template should sample the same picture every queue
@@ -34,10 +41,12 @@ SEED_CONTROL = "fixed"                     # a template should sample the same p
 # names any node the frontend needs more room for.
 SIZES = {
     "CheckpointLoaderSimple": (350, 100), "LoRALoadDatasetFolder": (350, 580), "LoRABucketCacheLatents": (330, 470),
-    "LoRAConfigure": (330, 370), "LoRAOptimizer": (330, 546), "LoRATrain": (400, 1396),
+    "LoRAConfigure": (330, 370), "LoRAOptimizer": (330, 546), "LoRATrain": (400, 1588),
     "LoRASaveSafetensors": (400, 200), "PreviewImage": (400, 420), "CLIPTextEncode": (400, 200),
     "EmptyLatentImage": (330, 110), "KSampler": (330, 262), "VAEDecode": (210, 50), "SaveImage": (400, 430),
-    "LoraLoader": (330, 126), "ImageStitch": (300, 150),
+    "LoraLoader": (330, 126), "ImageStitch": (300, 150), "UNETLoader": (350, 110), "DualCLIPLoader": (350, 130),
+    "TripleCLIPLoader": (350, 130), "CLIPLoader": (350, 110), "VAELoader": (350, 60),
+    "EmptySD3LatentImage": (330, 110), "FluxGuidance": (330, 60),
 }
 TITLE_HEIGHT, ROW_GAP, COLUMN_GAP, MARGIN = 30, 40, 60, 40
 # ImageStitch (core, in every supported ComfyUI) puts two pictures side by side in one; ImageBatch would only
@@ -73,53 +82,77 @@ class Preview:
     prompts: list[tuple[str, str, str]]
     size: int
     filename_prefix: str = "lora_preview"
+    sampler: dict = field(default_factory=lambda: {"seed": 0, "steps": 25, "cfg": 7.0, "sampler_name": "euler",
+                                                   "scheduler": "normal"})
+    latent: str = "EmptyLatentImage"        # flow models: EmptySD3LatentImage (16 channels)
+    guidance: float | None = None           # Flux dev: FluxGuidance on the prompt
+
+
+@dataclass
+class Loaders:
+    """Where MODEL, CLIP and VAE come from: one Load Checkpoint, or separate loaders (Flux, Qwen-Image...)."""
+
+    nodes: list[Node]
+    model: str = "ckpt.MODEL"
+    clip: str = "ckpt.CLIP"
+    vae: str = "ckpt.VAE"
+
+
+def checkpoint_loaders(checkpoint: str) -> Loaders:
+    return Loaders([Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": checkpoint})])
 
 
 SD15_PREVIEW = [("Preview prompt", "a photo of sks dog", "Preview with the trained LoRA")]
 
 
-def training_columns(notes: list[Node], checkpoint: str, dataset: dict | None = None, cache: dict | None = None,
-                     network: dict | None = None, optimizer: dict | None = None, train: dict | None = None,
-                     preview: Preview | None = None, save: bool = True) -> list[list[Node]]:
-    """Checkpoint -> dataset -> bucket & cache -> Configure LoRA + Optimizer -> Train -> save, the loss graph
-    and the previews."""
+def training_columns(notes: list[Node], checkpoint: str | Loaders, dataset: dict | None = None,
+                     cache: dict | None = None, network: dict | None = None, optimizer: dict | None = None,
+                     train: dict | None = None, preview: Preview | None = None,
+                     save: bool = True) -> list[list[Node]]:
+    """Checkpoint (or the family's loaders) -> dataset -> bucket & cache -> Configure LoRA + Optimizer -> Train ->
+    save, the loss graph and the previews."""
+    loaders = checkpoint if isinstance(checkpoint, Loaders) else checkpoint_loaders(checkpoint)
     columns = [
-        notes + [Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": checkpoint}),
-                 Node("dataset", "LoRALoadDatasetFolder", dataset or {})],
-        [Node("cache", "LoRABucketCacheLatents", cache or {}, {"dataset": "dataset.dataset", "vae": "ckpt.VAE"}),
+        notes + loaders.nodes + [Node("dataset", "LoRALoadDatasetFolder", dataset or {})],
+        [Node("cache", "LoRABucketCacheLatents", cache or {}, {"dataset": "dataset.dataset", "vae": loaders.vae}),
          Node("network", "LoRAConfigure", network or {}),
          Node("optimizer", "LoRAOptimizer", optimizer or {})],
         [Node("train", "LoRATrain", train or {},
-              {"model": "ckpt.MODEL", "clip": "ckpt.CLIP", "latents": "cache.latents", "network": "network.network",
-               "optimizer": "optimizer.optimizer", "vae": "ckpt.VAE"})],
+              {"model": loaders.model, "clip": loaders.clip, "latents": "cache.latents", "network": "network.network",
+               "optimizer": "optimizer.optimizer", "vae": loaders.vae})],
     ]
     results = [Node("save", "LoRASaveSafetensors", {"precision": "fp16"}, {"lora": "train.lora"})] if save else []
     results.append(Node("loss", "PreviewImage", wires={"images": "train.loss_graph"}, title="Loss graph",
                         size=(400, 420) if preview is not None else (640, 560)))
     columns.append(results)
     if preview is not None:
-        prompts, samplers, combined = preview_columns(preview)
+        prompts, samplers, combined = preview_columns(preview, loaders.vae)
         results += prompts
         columns += [samplers] + ([combined] if combined else [])
     return columns
 
 
-def preview_columns(preview: Preview) -> tuple[list[Node], list[Node], list[Node]]:
+def preview_columns(preview: Preview, vae: str = "ckpt.VAE") -> tuple[list[Node], list[Node], list[Node]]:
     """The prompt nodes (under the loss graph), the samplers with their decoders, and the column that puts the
     pictures side by side (empty for one picture, which is saved under its decoder)."""
     prompts, samplers = [], []
     for index, (prompt_title, text, sampler_title) in enumerate(preview.prompts):
         prompts.append(Node(f"positive{index}", "CLIPTextEncode", {"text": text}, {"clip": "train.clip"}, prompt_title))
+        positive = f"positive{index}.CONDITIONING"
+        if preview.guidance is not None:
+            prompts.append(Node(f"guidance{index}", "FluxGuidance", {"guidance": preview.guidance},
+                                {"conditioning": positive}))
+            positive = f"guidance{index}.CONDITIONING"
         samplers += [
-            Node(f"sampler{index}", "KSampler",
-                 {"seed": 0, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"},
-                 {"model": "train.model", "positive": f"positive{index}.CONDITIONING",
+            Node(f"sampler{index}", "KSampler", dict(preview.sampler),
+                 {"model": "train.model", "positive": positive,
                   "negative": "negative.CONDITIONING", "latent_image": "latent.LATENT"}, sampler_title),
-            Node(f"decode{index}", "VAEDecode", wires={"samples": f"sampler{index}.LATENT", "vae": "ckpt.VAE"}),
+            Node(f"decode{index}", "VAEDecode", wires={"samples": f"sampler{index}.LATENT", "vae": vae}),
         ]
     prompts += [
-        Node("negative", "CLIPTextEncode", {"text": "blurry, lowres"}, {"clip": "train.clip"}, "Negative prompt"),
-        Node("latent", "EmptyLatentImage", {"width": preview.size, "height": preview.size}),
+        Node("negative", "CLIPTextEncode", {"text": "blurry, lowres" if preview.guidance is None else ""},
+             {"clip": "train.clip"}, "Negative prompt"),
+        Node("latent", preview.latent, {"width": preview.size, "height": preview.size}),
     ]
     combined, picture = [], "decode0.IMAGE"
     for index in range(1, len(preview.prompts)):
@@ -157,6 +190,77 @@ def train_sdxl_lora() -> list[list[Node]]:
         optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "cosine"},
         train={"output_name": "my_sdxl_lora", "gradient_checkpointing": True, "precision": "auto"},
         preview=Preview(SD15_PREVIEW, 1024, "sdxl_lora_preview"))
+
+
+FLOW_SETTINGS = ("Settings as kohya trains {family} LoRAs: rank 16 / alpha 16, AdamW8bit at 1e-4, gradient "
+                 "checkpointing, bf16, timestep_sampling auto ({sampling}); the text encoders are only used to "
+                 "encode the captions once, then leave the GPU.")
+
+
+def train_flux_lora() -> list[list[Node]]:
+    text = ("Train a Flux.1 dev LoRA (kohya's key names: loads in ComfyUI, Forge and kohya).\n\n1. Load Diffusion "
+            f"Model: {FLUX_FILES['unet']} (weight_dtype fp8_e4m3fn fits a 24 GB card; the LoRA trains in full "
+            f"precision on top), DualCLIPLoader: {FLUX_FILES['clip_l']} + {FLUX_FILES['t5']} (type flux), Load "
+            f"VAE: {FLUX_FILES['vae']}.\n2. " + DATASET_NOTE + " Flux trains at 1024 (buckets 512..2048).\n3. "
+            + FLOW_SETTINGS.format(family="Flux", sampling="flux_shift, the resolution-dependent shift")
+            + " guidance_scale 1.0 while training, as kohya's docs advise; the preview samples at guidance 3.5, "
+            "cfg 1.\n4. Queue. The LoRA lands in models/loras/my_flux_lora.safetensors.")
+    loaders = Loaders([Node("unet", "UNETLoader", {"unet_name": FLUX_FILES["unet"], "weight_dtype": "fp8_e4m3fn"}),
+                       Node("clip", "DualCLIPLoader", {"clip_name1": FLUX_FILES["clip_l"],
+                                                       "clip_name2": FLUX_FILES["t5"], "type": "flux"}),
+                       Node("vae", "VAELoader", {"vae_name": FLUX_FILES["vae"]})],
+                      model="unet.MODEL", clip="clip.CLIP", vae="vae.VAE")
+    return training_columns(
+        [note("note", text, (400, 480))], loaders,
+        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
+        network={"rank": 16, "alpha": 16.0},
+        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        train={"output_name": "my_flux_lora", "gradient_checkpointing": True, "precision": "bf16"},
+        preview=Preview(SD15_PREVIEW, 1024, "flux_lora_preview", guidance=3.5, latent="EmptySD3LatentImage",
+                        sampler={"seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}))
+
+
+def train_sd35_lora() -> list[list[Node]]:
+    text = ("Train an SD3.5 LoRA (Medium or Large; kohya's key names).\n\n1. Load Checkpoint: "
+            f"{SD35_FILES['ckpt']} (or sd3.5_large), TripleCLIPLoader: {SD35_FILES['clip_l']} + "
+            f"{SD35_FILES['clip_g']} + {SD35_FILES['t5']}.\n2. " + DATASET_NOTE + " SD3.5 trains at 1024.\n3. "
+            + FLOW_SETTINGS.format(family="SD3.5", sampling="logit-normal with the model's shift 3.0")
+            + "\n4. Queue. The LoRA lands in models/loras/my_sd35_lora.safetensors; the preview samples at cfg 4.5.")
+    loaders = Loaders([Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD35_FILES["ckpt"]}),
+                       Node("clip", "TripleCLIPLoader", {"clip_name1": SD35_FILES["clip_l"],
+                                                         "clip_name2": SD35_FILES["clip_g"],
+                                                         "clip_name3": SD35_FILES["t5"]})],
+                      clip="clip.CLIP")
+    return training_columns(
+        [note("note", text, (400, 400))], loaders,
+        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
+        network={"rank": 16, "alpha": 16.0},
+        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        train={"output_name": "my_sd35_lora", "gradient_checkpointing": True, "precision": "bf16"},
+        preview=Preview(SD15_PREVIEW, 1024, "sd35_lora_preview", latent="EmptySD3LatentImage",
+                        sampler={"seed": 0, "steps": 28, "cfg": 4.5, "sampler_name": "euler",
+                                 "scheduler": "sgm_uniform"}))
+
+
+def train_qwen_image_lora() -> list[list[Node]]:
+    text = ("Train a Qwen-Image LoRA (lora_unet_ names of ComfyUI's and musubi-tuner's module paths, which ComfyUI "
+            "loads).\n\n1. Load Diffusion Model: " + QWEN_FILES["unet"] + ", Load CLIP: " + QWEN_FILES["clip"]
+            + " (type qwen_image), Load VAE: " + QWEN_FILES["vae"] + ".\n2. " + DATASET_NOTE
+            + " Qwen-Image trains at 1024 (about 1328 natively).\n3. "
+            + FLOW_SETTINGS.format(family="Qwen-Image", sampling="shift, the model's own")
+            + "\n4. Queue. The LoRA lands in models/loras/my_qwen_image_lora.safetensors.")
+    loaders = Loaders([Node("unet", "UNETLoader", {"unet_name": QWEN_FILES["unet"], "weight_dtype": "default"}),
+                       Node("clip", "CLIPLoader", {"clip_name": QWEN_FILES["clip"], "type": "qwen_image"}),
+                       Node("vae", "VAELoader", {"vae_name": QWEN_FILES["vae"]})],
+                      model="unet.MODEL", clip="clip.CLIP", vae="vae.VAE")
+    return training_columns(
+        [note("note", text, (400, 400))], loaders,
+        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
+        network={"rank": 16, "alpha": 16.0},
+        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        train={"output_name": "my_qwen_image_lora", "gradient_checkpointing": True, "precision": "bf16"},
+        preview=Preview(SD15_PREVIEW, 1024, "qwen_image_lora_preview", latent="EmptySD3LatentImage",
+                        sampler={"seed": 0, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple"}))
 
 
 def train_locon_with_regularization() -> list[list[Node]]:
@@ -266,6 +370,9 @@ WORKFLOWS = {
     "dadaptation_lr_finder": dadaptation_lr_finder,
     "resume_training": resume_training,
     "compare_epochs": compare_epochs,
+    "train_flux_lora": train_flux_lora,
+    "train_sd35_lora": train_sd35_lora,
+    "train_qwen_image_lora": train_qwen_image_lora,
 }
 
 

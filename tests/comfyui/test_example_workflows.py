@@ -28,7 +28,9 @@ SEEDS = ("seed", "noise_seed")           # the frontend adds a control_after_gen
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
 FRONTEND_ONLY = ("Note", "MarkdownNote")   # drawn by the frontend, never queued
 # file-choice inputs list a models folder: the server must find a file of each name there when it starts
-MODEL_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "LoraLoader": "loras"}
+MODEL_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "LoraLoader": "loras", "UNETLoader": "diffusion_models",
+                 "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders", "CLIPLoader": "text_encoders",
+                 "VAELoader": "vae"}
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt")
 TITLE_HEIGHT = 30                        # the frontend draws a node's title bar above its pos
 
@@ -62,6 +64,7 @@ def server(tmp_path_factory):
                       {"3_sks dog/0": "a photo of sks dog"})
     make_kohya_folder(os.path.join(base, "input", "reg"), {"1_dog": [(64, 64)] * 2})
     shutil.copytree(os.path.join(base, "input", "dogs"), os.path.join(base, "input", "dogs_sdxl"))
+    shutil.copytree(os.path.join(base, "input", "dogs"), os.path.join(base, "input", "dogs_flow"))
     running = ComfyServer(base).start()
     yield running
     running.stop()
@@ -193,7 +196,8 @@ def test_example_workflow_matches_the_servers_node_definitions(info, name):
 def test_the_examples_cover_what_the_pack_promises():
     types = {name: {node["type"] for node in load_workflow(name)["nodes"]} for name in WORKFLOWS}
     assert {"train_sd15_lora", "train_sdxl_lora", "train_locon_with_regularization", "dadaptation_lr_finder",
-            "resume_training", "compare_epochs"} <= set(WORKFLOWS)
+            "resume_training", "compare_epochs", "train_flux_lora", "train_sd35_lora",
+            "train_qwen_image_lora"} <= set(WORKFLOWS)
     assert {"LoRALoadDatasetFolder", "LoRABucketCacheLatents", "LoRAConfigure", "LoRAOptimizer", "LoRATrain",
             "LoRASaveSafetensors", "CheckpointLoaderSimple", "KSampler"} <= types["train_sd15_lora"]
     assert {"LoraLoader", "ImageStitch", "KSampler", "SaveImage"} <= types["compare_epochs"]
@@ -251,10 +255,11 @@ def tiny_prompt(name: str, info: dict, output_name: str, loader: str = "TinySD15
     """The workflow as the frontend queues it, with the tiny models, the small dataset, 64-pixel images and
     2-step previews swapped in; `train` overrides Train's inputs (epochs 1 unless given)."""
     prompt = workflow_to_prompt(load_workflow(name), info)
+    swap_in_tiny_loader(prompt, loader, seed)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
-            node.update(class_type=loader, inputs={"seed": seed})
+        if kind == "EmptySD3LatentImage":
+            inputs.update(width=64, height=64)
         elif kind == "LoRALoadDatasetFolder":
             inputs.update(folder=folder, regularization_folder="reg" if inputs["regularization_folder"] else "")
         elif kind == "LoRABucketCacheLatents":
@@ -266,6 +271,26 @@ def tiny_prompt(name: str, info: dict, output_name: str, loader: str = "TinySD15
         elif kind == "KSampler":
             inputs["steps"] = 2
     return prompt
+
+
+# a loader's outputs -> the tiny loader's output slot (MODEL 0, CLIP 1, VAE 2)
+LOADER_SLOTS = {"CheckpointLoaderSimple": (0, 1, 2), "UNETLoader": (0,), "DualCLIPLoader": (1,),
+                "TripleCLIPLoader": (1,), "CLIPLoader": (1,), "VAELoader": (2,)}
+
+
+def swap_in_tiny_loader(prompt: dict, loader: str, seed: int) -> None:
+    """The template's model loaders (one Load Checkpoint, or the flow families' separate diffusion-model, CLIP
+    and VAE loaders) become one tiny-model loader, each wire rerouted to its output."""
+    loaders = {key: node["class_type"] for key, node in prompt.items() if node["class_type"] in LOADER_SLOTS}
+    main = next(key for key, kind in loaders.items() if kind in ("CheckpointLoaderSimple", "UNETLoader"))
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and value[0] in loaders:
+                node["inputs"][name] = [main, LOADER_SLOTS[loaders[value[0]]][value[1]]]
+    for key in loaders:
+        if key != main:
+            del prompt[key]
+    prompt[main] = {"class_type": loader, "inputs": {"seed": seed}}
 
 
 def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
@@ -340,6 +365,23 @@ def test_sdxl_template_trains_a_tiny_sdxl_with_its_settings(server, info):
     assert metadata["ss_network_dim"] == "16" and metadata["ss_network_alpha"] == "8.0"
     assert any(name.endswith(".npz") for name in os.listdir(os.path.join(server.base_dir, "input", "dogs_sdxl",
                                                                           "3_sks dog")))
+
+
+@pytest.mark.parametrize("name, loader, version", [("train_flux_lora", "TinyFluxLoader", "flux1"),
+                                                   ("train_sd35_lora", "TinySD3Loader", "5-medium"),
+                                                   ("train_qwen_image_lora", "TinyQwenImageLoader", "qwen_image")])
+def test_flow_templates_train_their_tiny_family_and_sample_with_it(server, info, name, loader, version):
+    """The Flux.1 dev, SD3.5 and Qwen-Image templates, their loaders swapped for the family's tiny models (fp32 on
+    the CPU: the templates' bf16 and 8-bit AdamW are for GPUs)."""
+    prompt = tiny_prompt(name, info, f"{name}_tiny", loader=loader, folder="dogs_flow", precision="fp32")
+    optimizer = node_of(prompt, "LoRAOptimizer")[1]["inputs"]
+    assert optimizer["optimizer_type"] == "AdamW8bit"
+    optimizer["optimizer_type"] = "AdamW"
+    assert node_of(prompt, "LoRATrain")[1]["inputs"]["gradient_checkpointing"] is True
+    entry = run(server, prompt)
+    metadata = lora_metadata(server, f"{name}_tiny")
+    assert metadata["ss_base_model_version"] == version and metadata["ss_model_prediction_type"] == "raw"
+    assert entry["outputs"][node_of(prompt, "SaveImage")[0]]["images"]
 
 
 def test_resume_workflow_continues_a_run_that_stopped_on_an_error(server, info):
