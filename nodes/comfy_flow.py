@@ -70,13 +70,28 @@ def check_trainable(base, family: Family) -> None:
                          "models. Load a latent model of the family.")
     # an inpainting, control or image-to-video variant takes an image beside the noise (c_concat)
     shape = (1, latent_channels_of(base)) + ((1,) if is_video_shaped(base) else ()) + (8, 8)
+    zeros = torch.zeros(shape)
     try:
-        extra = base.concat_cond(noise=torch.zeros(shape), device=torch.device("cpu"))
-    except Exception:       # a model whose concat_cond needs more than noise: it is checked at the first step
-        extra = None
+        extra = base.concat_cond(noise=zeros, latent_image=zeros, device=torch.device("cpu"))
+    except Exception:
+        # concat keys name the image channels it needs; without them the first step's conditioning says more
+        extra = True if getattr(base, "concat_keys", ()) else None
     if extra is not None:
         raise ModelError(f"This {family.title} MODEL ({name}) takes an image beside the noise (an inpainting, "
                          f"control or image-to-video model); train on the text-to-image {family.title} model.")
+    check_no_fast_fp8(base.diffusion_model)
+
+
+def check_no_fast_fp8(diffusion_model: torch.nn.Module) -> None:
+    """ComfyUI's fast fp8 layers (Load Diffusion Model's weight_dtype fp8_e4m3fn_fast, --fast fp8_matrix_mult)
+    multiply in fp8 with kernels written for sampling: no backward pass through them is promised."""
+    import comfy.ops
+
+    fast = getattr(comfy.ops, "fp8_ops", None)
+    if fast is not None and any(isinstance(module, fast.Linear) for module in diffusion_model.modules()):
+        raise ModelError("This MODEL was loaded with fast fp8 matrix multiplication (weight_dtype fp8_e4m3fn_fast, "
+                         "or ComfyUI's --fast fp8_matrix_mult), which has no training path. Load it with "
+                         "weight_dtype fp8_e4m3fn: the weights stay fp8 and the LoRA trains on top.")
 
 
 class ComfyFlowDenoiser:
@@ -84,6 +99,7 @@ class ComfyFlowDenoiser:
 
     prediction_type = "flow"
     alphas_cumprod = None
+    tiles_contexts = False      # text tokens join the image tokens in attention: a tiled caption is another one
 
     def __init__(self, patcher, family: Family):
         import comfy.model_sampling
@@ -112,10 +128,18 @@ class ComfyFlowDenoiser:
 
     def conditioning(self, noisy: torch.Tensor, context: torch.Tensor, pooled, guidance: float) -> dict:
         """The keyword arguments ComfyUI's sampler would give apply_model for this text (its extra_conds)."""
-        # pooled_output always, None where the text encoder has none (Chroma's T5), as CLIPTextEncode gives it
-        kwargs = {"cross_attn": context, "pooled_output": pooled, "noise": noisy, "device": noisy.device,
-                  "guidance": guidance}
-        conds = self.base.extra_conds(**kwargs)
+        # pooled_output always, None where the text encoder has none (Chroma's T5), as CLIPTextEncode gives it;
+        # guidance only where training sets it (Flux dev), else the family's own default, as sampling has it
+        kwargs = {"cross_attn": context, "pooled_output": pooled, "noise": noisy, "device": noisy.device}
+        if self.family.guidance_input:
+            kwargs["guidance"] = guidance
+        try:
+            conds = self.base.extra_conds(**kwargs)
+        except Exception as error:
+            raise ModelError(f"ComfyUI could not build this {self.family.title} MODEL's conditioning from a caption "
+                             f"alone ({type(error).__name__}: {error}); it needs inputs the trainer does not give "
+                             "(an image, a mask, reference latents). Train on the family's text-to-image model."
+                             ) from error
         if "c_concat" in conds:
             raise ModelError(f"This {self.family.title} MODEL needs an image to condition on (c_concat); train on the "
                              "text-to-image model of the family.")

@@ -80,10 +80,12 @@ def flow_inputs() -> list:
                        tooltip="Flow models: k in sigmoid(k u) for sigmoid, shift and flux_shift sampling."),
         io.Float.Input("discrete_flow_shift", default=0.0, min=0.0, max=100.0, step=0.05, optional=True,
                        tooltip="Flow models: the shift S for shift, sigma and logit_normal sampling. 0 = the "
-                               "MODEL's own (Flux: e^1.15 = 3.16, SD3: 3.0, Wan: 8.0); kohya's default is 3.0."),
+                               "MODEL's own (Flux: e^1.15 = 3.16, SD3: 3.0, Wan: 8.0); kohya's Flux trainer "
+                               "defaults to 3.0, its SD3 trainer's training_shift to 1.0."),
         io.Combo.Input("weighting_scheme", options=list(WEIGHTING_SCHEMES), default="none", optional=True,
-                       tooltip="Flow models, sigma sampling: the density of u (logit_normal, mode); with the raw "
-                               "velocity loss kohya applies no loss weight for any scheme."),
+                       tooltip="Flow models, sigma and logit_normal sampling: the density of u (logit_normal, mode; "
+                               "the rest uniform). sigma_sqrt and cosmap weigh only kohya's x0 losses: with the "
+                               "velocity loss trained here, as in kohya's Flux trainer, they are uniform."),
         io.Float.Input("logit_mean", default=0.0, min=-10.0, max=10.0, step=0.1, optional=True,
                        tooltip="Flow models: mean of the logit-normal density."),
         io.Float.Input("logit_std", default=1.0, min=0.01, max=10.0, step=0.1, optional=True,
@@ -91,7 +93,8 @@ def flow_inputs() -> list:
         io.Float.Input("mode_scale", default=1.29, min=-10.0, max=10.0, step=0.01, optional=True,
                        tooltip="Flow models: scale of the mode density."),
         io.Float.Input("guidance_scale", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
-                       tooltip="Flux dev: the guidance input while training (kohya's docs advise 1.0)."),
+                       tooltip="Flux dev only: its guidance input while training (kohya's docs advise 1.0); "
+                               "other models get what their sampling gives them."),
     ]
 
 

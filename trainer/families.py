@@ -43,6 +43,9 @@ class Family:
     # lora_sd3), "repeated" every Linear inside the model's repeated blocks (any nn.ModuleList of blocks)
     dit_blocks: str = ""
     architecture_name: str = ""  # modelspec.architecture without "/lora" (flow families)
+    # the model takes a distilled-guidance input that training sets (Flux.1 dev: guidance_scale); other families
+    # get what their sampling gives it (Chroma: 0), so training and sampling see the same input
+    guidance_input: bool = False
     implementation: str = "diffusers"   # modelspec.implementation, as kohya's sai_model_spec picks it
 
     def __post_init__(self):
@@ -72,7 +75,7 @@ SDXL = Family("sdxl_base_v1-0", "SDXL", "ldm",
 
 FLUX_BLOCKS = "blocks:DoubleStreamBlock,SingleStreamBlock"      # kohya's lora_flux targets (ComfyUI's classes too)
 FLUX_DEV = Family("flux1", "Flux.1 dev", "comfy", (), latent_channels=16, key="flux1_dev", flow_sampling="flux_shift",
-                  dit_blocks=FLUX_BLOCKS, architecture_name="flux-1-dev",
+                  dit_blocks=FLUX_BLOCKS, architecture_name="flux-1-dev", guidance_input=True,
                   implementation="https://github.com/black-forest-labs/flux")
 FLUX_SCHNELL = Family("flux1", "Flux.1 schnell", "comfy", (), latent_channels=16, key="flux1_schnell",
                       flow_sampling="flux_shift", dit_blocks=FLUX_BLOCKS, architecture_name="flux-1-schnell",

@@ -43,7 +43,7 @@ class FlowSettings:
     timestep_sampling: str = "auto"    # auto: the family's own (Flux: flux_shift, SD3: logit_normal, else shift)
     sigmoid_scale: float = 1.0         # k in sigmoid(k * u)
     discrete_flow_shift: float = 0.0   # S; 0 = the shift the MODEL's sampling declares (kohya: 3.0)
-    weighting_scheme: str = "none"     # density of u in sigma mode (kohya raw: no loss weight)
+    weighting_scheme: str = "none"     # density of u in sigma / logit_normal modes (raw velocity loss: no weight)
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
@@ -81,15 +81,17 @@ class FlowSettings:
         return replace(self.validated(), timestep_sampling=sampling, discrete_flow_shift=float(shift),
                        weighting_scheme=weighting)
 
-    def describe(self) -> str:
+    def describe(self, guidance: bool = True) -> str:
+        """The resolved settings in words; `guidance`: the model takes the guidance input (Flux dev)."""
         parts = [f"flow matching, {self.timestep_sampling} timesteps"]
         if self.timestep_sampling in ("sigmoid", "shift", "flux_shift") and self.sigmoid_scale != 1.0:
             parts.append(f"sigmoid scale {self.sigmoid_scale:g}")
         if self.timestep_sampling in ("shift", "sigma", "logit_normal"):
             parts.append(f"shift {self.discrete_flow_shift:g}")
-        if self.timestep_sampling == "sigma" and self.weighting_scheme != "none":
+        if self.timestep_sampling in ("sigma", "logit_normal") and self.weighting_scheme not in ("none", "uniform"):
             parts.append(f"{self.weighting_scheme} density")
-        parts.append(f"guidance {self.guidance_scale:g}")
+        if guidance:
+            parts.append(f"guidance {self.guidance_scale:g}")
         return ", ".join(parts)
 
     def metadata(self) -> dict[str, object]:
@@ -149,13 +151,14 @@ def logit_normal_draw(batch: int, generator: torch.Generator, settings: FlowSett
 
 
 def draw_sigmas(batch: int, latent_hw: tuple[int, int], generator: torch.Generator,
-                settings: FlowSettings) -> torch.Tensor:
+                settings: FlowSettings, timestep_range: tuple[int, int] = (0, NUM_TRAIN_TIMESTEPS)) -> torch.Tensor:
     """Each sample's sigma in [0, 1] (float32, CPU) for latents of `latent_hw`, per the resolved sampling:
 
     uniform: U(0, 1); sigmoid: sigmoid(k u), u ~ N(0, 1); shift: that, time-shifted by S; flux_shift: that,
     time-shifted by e^mu with mu from the latent's 2x2-patch count; sigma: kohya Flux's default, u from
     the weighting scheme's density indexing the 1000-step shifted table; logit_normal: kohya SD3's, u from the
-    weighting scheme's density (auto sets it logit-normal) shifted by S, then t = int(1000 u) and s = t / 1000.
+    weighting scheme's density (auto sets it logit-normal) shifted by S, then t = int(u (t_max - t_min) + t_min)
+    with `timestep_range` (t_min, t_max) (kohya's SD3 min / max timestep, 0 and 1000 by default) and s = t / 1000.
     """
     sampling, shift = settings.timestep_sampling, settings.discrete_flow_shift
     if sampling == "uniform":
@@ -173,7 +176,8 @@ def draw_sigmas(batch: int, latent_hw: tuple[int, int], generator: torch.Generat
         sigmas = sigma_table(shift)[indices.clamp(0, NUM_TRAIN_TIMESTEPS - 1)]
     elif sampling == "logit_normal":
         u = shifted_sigmas(density_draw(batch, generator, settings), shift)
-        sigmas = (u * NUM_TRAIN_TIMESTEPS).long().double() / NUM_TRAIN_TIMESTEPS
+        low, high = timestep_range
+        sigmas = (u * (high - low) + low).long().double() / NUM_TRAIN_TIMESTEPS
     else:
         raise ConfigError(f"timestep_sampling {sampling!r} must be resolved for the model first (FlowSettings."
                           "resolved).")
@@ -190,8 +194,9 @@ DDPM_ONLY = {"min_snr_gamma": "min_snr_gamma", "debiased_estimation": "debiased_
              "noise_offset": "noise_offset", "multires_noise_iterations": "multires_noise_iterations"}
 
 
-def check_flow_objective(settings: ObjectiveSettings) -> ObjectiveSettings:
-    """The loss and noise options that mean something for a flow-matching model, or an error naming the rest."""
+def check_flow_objective(settings: ObjectiveSettings, flow: FlowSettings) -> ObjectiveSettings:
+    """The loss and noise options that mean something for a flow-matching model with the resolved `flow`
+    settings, or an error naming the rest."""
     settings = settings.validated()
     used = [name for name in DDPM_ONLY if getattr(settings, name)]
     if used:
@@ -202,9 +207,12 @@ def check_flow_objective(settings: ObjectiveSettings) -> ObjectiveSettings:
     if settings.uses_huber_c and settings.huber_schedule != "constant":
         raise ConfigError(f"The {settings.huber_schedule} Huber schedule follows a DDPM schedule's noise levels; "
                           "with a flow-matching MODEL set huber_schedule to constant.")
-    if (settings.min_timestep, settings.max_timestep) != (0, NUM_TRAIN_TIMESTEPS):
-        raise ConfigError("min_timestep / max_timestep pick DDPM timesteps; a flow-matching MODEL trains on sigmas "
-                          "in [0, 1] drawn by timestep_sampling. Set them back to 0 and 1000.")
+    if (settings.min_timestep, settings.max_timestep) != (0, NUM_TRAIN_TIMESTEPS) and \
+            flow.timestep_sampling != "logit_normal":
+        raise ConfigError(f"min_timestep / max_timestep bound a flow-matching MODEL's timesteps only with the "
+                          f"logit_normal sampling (kohya's SD3 trainer); with {flow.timestep_sampling} timesteps "
+                          "(kohya's Flux trainer ignores them) set them back to 0 and 1000, or choose "
+                          "timestep_sampling logit_normal.")
     return settings
 
 
@@ -223,7 +231,8 @@ class FlowObjective:
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
         if timesteps is None:
-            sigmas = draw_sigmas(latents.shape[0], tuple(latents.shape[-2:]), generator, self.flow)
+            sigmas = draw_sigmas(latents.shape[0], tuple(latents.shape[-2:]), generator, self.flow,
+                                 (self.settings.min_timestep, self.settings.max_timestep))
         else:
             sigmas = timesteps.cpu().double().div(NUM_TRAIN_TIMESTEPS).float()
         input_noise = perturbed_input_noise(noise, generator, self.settings)
@@ -250,4 +259,5 @@ class FlowObjective:
 
 def build_flow_objective(settings: ObjectiveSettings, flow: FlowSettings, family_sampling: str,
                          model_shift: float) -> FlowObjective:
-    return FlowObjective(check_flow_objective(settings), flow.resolved(family_sampling, model_shift))
+    resolved = flow.resolved(family_sampling, model_shift)
+    return FlowObjective(check_flow_objective(settings, resolved), resolved)

@@ -25,6 +25,10 @@ class Denoiser(Protocol):
     the text context, and returns the raw network output (eps or v, per `prediction_type`). SDXL denoisers also
     take the pooled text embedding [B, P] and each sample's SizeCondition (trainer/conditioning.py); the others
     get None for both.
+
+    An optional `tiles_contexts` (True where absent) says whether a batch's contexts of different lengths may be
+    tiled to one length (exact for cross-attention); False (joint-attention DiTs): such samples are called in
+    separate forwards, one per context length.
     """
 
     prediction_type: str

@@ -459,9 +459,9 @@ class TrainStep:
                 return 0.0
             batch, captions, flips, sample_masks = batch[share], captions[share], flips[share], sample_masks[share]
             noisy, timesteps, target = noisy[share], timesteps[share], target[share]
-        text = self.captions.batch(captions)
+        text_groups = self.captions.groups(captions, tile=getattr(denoiser, "tiles_contexts", True))
         sizes = None
-        if text.pooled is not None:                  # SDXL: each sample's size conditioning, as kohya's
+        if text_groups[0][1].pooled is not None:     # SDXL: each sample's size conditioning, as kohya's
             sizes = [sdxl_size_condition(sample.original_size, sample.bucket, flip)
                      for sample, flip in zip(batch, flips)]
         weights = to_device(torch.tensor([self.prior_loss_weight if sample.is_reg else 1.0 for sample in batch]),
@@ -469,8 +469,8 @@ class TrainStep:
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with autocast:
-            prediction = denoiser(noisy.contiguous(memory_format=self.memory_format), timesteps, text.context,
-                                  pooled=text.pooled, sizes=sizes, **self.model_inputs)
+            prediction = self.predict(noisy.contiguous(memory_format=self.memory_format), timesteps, text_groups,
+                                      sizes)
         masks = None
         if any(mask is not None for mask in sample_masks):      # kohya's alpha_mask: per-pixel loss weights
             masks = torch.stack([mask if mask is not None else torch.ones(raw.shape[-2:]) for mask in sample_masks])
@@ -488,6 +488,21 @@ class TrainStep:
         # it before the optimizer steps
         self.scaler.scale(loss / divisor).backward()
         return loss.detach()
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_groups, sizes) -> torch.Tensor:
+        """The model's output for the batch: one call, or one per text group (CaptionContexts.groups), put back
+        in the batch's order."""
+        if len(text_groups) == 1:
+            text = text_groups[0][1]
+            return self.denoiser(noisy, timesteps, text.context, pooled=text.pooled, sizes=sizes, **self.model_inputs)
+        parts, order = [], []
+        for indices, text in text_groups:
+            rows = torch.tensor(indices, device=noisy.device)
+            parts.append(self.denoiser(noisy[rows], timesteps[rows], text.context, pooled=text.pooled,
+                                       sizes=None if sizes is None else [sizes[i] for i in indices],
+                                       **self.model_inputs))
+            order += indices
+        return torch.cat(parts)[torch.tensor(order, device=noisy.device).argsort()]
 
     def diverged(self, value: float, step: int) -> TrainerError:
         return TrainerError(f"The loss became {value} at step {step}. {self.divergence_advice()}{KEPT}")

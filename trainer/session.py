@@ -22,6 +22,7 @@ from .atomic_files import write_json_atomic
 from .distributed import DistributedContext
 from .errors import ConfigError, TrainerError
 from .families import FAMILIES, Family
+from .flow_objective import check_flow_objective
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .loop import TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora, training_precision
@@ -301,6 +302,14 @@ def callbacks_for_rank(callbacks: TrainCallbacks, distributed: DistributedContex
     return TrainCallbacks(**waiting)
 
 
+def check_flow_run(settings: TrainSettings) -> None:
+    """What a flow-matching run refuses, said before anything loads or trains."""
+    check_flow_objective(settings.objective, settings.flow)
+    if settings.torch_compile:
+        raise ConfigError("torch_compile is not available for flow-matching models in this version (only the SD "
+                          "UNets are compiled); switch torch_compile off.")
+
+
 def run_session(trainable: TrainableModel, latents: LatentCache, network: NetworkConfig, optimizer: OptimizerConfig,
                 settings: TrainSettings, folders: RunFolders, *,
                 progress: Callable[[int], ProgressSink] | None = None,
@@ -324,11 +333,13 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
 
         def is_cancel(exc: BaseException) -> bool:
             return isinstance(exc, OtherProcessStopped) or host_is_cancel(exc)
-    check_latents_fit(latents, trainable.family or FAMILIES[trainable.base_model_version])
+    family = trainable.family or FAMILIES[trainable.base_model_version]
+    check_latents_fit(latents, family)
     plan = plan_run(latents, settings)
     denoiser = trainable.denoiser
     if denoiser.prediction_type == "flow":    # auto and the model's shift made explicit, for the metadata and log
         settings = replace(settings, flow=settings.flow.resolved(denoiser.flow_sampling, denoiser.flow_shift))
+        check_flow_run(settings)
     precision = training_precision(settings.precision, denoiser.device, denoiser.compute_dtype)
     if distributed is None:
         resume, run_name = run_to_start(folders, resume_from, settings.output_name)
@@ -351,7 +362,8 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                            latents.describe(), network.describe(),
                            optimizer.describe(plan.total_steps, denoiser.device.type), plan.describe(),
                            settings.objective.describe()
-                           + (f"; {settings.flow.describe()}" if denoiser.prediction_type == "flow" else ""),
+                           + (f"; {settings.flow.describe(family.guidance_input)}"
+                              if denoiser.prediction_type == "flow" else ""),
                            f"batch {settings.batch_size}"
                            + (f" over {distributed.world_size} processes" if distributed else "")
                            + f", seed {settings.seed}, "

@@ -36,7 +36,8 @@ def as_conditioning(encoded, device: torch.device, keep_graph: bool = False) -> 
 
 
 def batch_context(contexts: list[torch.Tensor]) -> torch.Tensor:
-    """Stack [1, L_i, D] contexts; different lengths (long captions) are tiled to a common length."""
+    """Stack [1, L_i, D] contexts; different lengths (long captions) are tiled to a common length, which
+    cross-attention reads exactly as the untiled context (the repeated keys and values weigh the same)."""
     lengths = {c.shape[1] for c in contexts}
     if len(lengths) > 1:
         common = math.lcm(*lengths)
@@ -100,7 +101,23 @@ class CaptionContexts:
         return hidden
 
     def batch(self, captions: list[str]) -> TextConditioning:
+        return joined([self.context(caption) for caption in captions])
+
+    def groups(self, captions: list[str], tile: bool = True) -> list[tuple[list[int], TextConditioning]]:
+        """The batch's text as (sample indices, conditioning) groups, one forward each: a single group with
+        `tile` (contexts of other lengths tiled, see batch_context), else one group per context length, for
+        models whose text tokens join the image tokens in attention (Flux, SD3, Qwen-Image, Wan), where a
+        repeated caption is another caption."""
         encoded = [self.context(caption) for caption in captions]
-        pooled = [item.pooled for item in encoded]
-        return TextConditioning(batch_context([item.context for item in encoded]),
-                                None if pooled[0] is None else torch.cat(pooled, dim=0))
+        if tile:
+            return [(list(range(len(encoded))), joined(encoded))]
+        by_length: dict[int, list[int]] = {}
+        for index, item in enumerate(encoded):
+            by_length.setdefault(item.context.shape[1], []).append(index)
+        return [(indices, joined([encoded[i] for i in indices])) for indices in by_length.values()]
+
+
+def joined(encoded: list[TextConditioning]) -> TextConditioning:
+    pooled = [item.pooled for item in encoded]
+    return TextConditioning(batch_context([item.context for item in encoded]),
+                            None if pooled[0] is None else torch.cat(pooled, dim=0))

@@ -154,7 +154,11 @@ def test_a_run_trains_each_family_from_its_own_vae_latents(comfy, pack, tiny, fa
     from comfyui_lora_trainer.trainer.optim import OptimizerConfig
     from comfyui_lora_trainer.trainer.plan import TrainSettings
 
-    root = make_kohya_folder(os.path.join(comfy_folders["input"], "set"), {"2_sks dog": [(64, 64), (64, 64)]})
+    # two captions of different token counts: a batch whose contexts differ in length (one forward per length
+    # where the family's text is not padded to one length, as Qwen-Image's)
+    root = make_kohya_folder(os.path.join(comfy_folders["input"], "set"), {"2_sks dog": [(64, 64), (64, 64)]},
+                             {"2_sks dog/0": "a photo of sks dog",
+                              "2_sks dog/1": "sks dog running on a long sandy beach at sunset, wide shot"})
     with torch.inference_mode():                          # as ComfyUI's executor runs loaders
         model, clip, vae = build(tiny, family)
         with torch.inference_mode(False):
@@ -167,10 +171,10 @@ def test_a_run_trains_each_family_from_its_own_vae_latents(comfy, pack, tiny, fa
         out = run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
                            TrainSettings(output_name=f"flow_{family}", epochs=2, batch_size=2,
                                          gradient_checkpointing=family in ("flux", "chroma", "wan21")))
-    losses = out.lora.progress.losses if hasattr(out.lora, "progress") else None
+    losses = out.result.progress.losses
     assert out.lora.tensors and any(v.abs().max() > 0 for k, v in out.lora.tensors.items()
                                     if k.endswith("lora_up.weight"))
-    assert losses is None or all(math.isfinite(x) for x in losses)
+    assert len(losses) == 2 * 2 and all(math.isfinite(x) for x in losses), losses
     assert out.lora.metadata["ss_base_model_version"] and "ss_timestep_sampling" in out.lora.metadata
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     assert not any(m._forward_hooks for m in unet.modules())
@@ -209,9 +213,102 @@ def test_flux_trains_on_comfyuis_fp8_and_bf16_weights_with_the_lora_in_fp32(comf
                            TrainSettings(output_name="flux_lowp", epochs=2, batch_size=2, gradient_checkpointing=True))
     ups = [v for k, v in out.lora.tensors.items() if k.endswith("lora_up.weight")]
     assert ups and any(v.abs().max() > 0 for v in ups), "nothing trained"
+    assert {v.dtype for v in out.result.tensors.values()} == {torch.float32}       # the LoRA trained in fp32
+    assert all(math.isfinite(x) for x in out.result.progress.losses)
     assert {p.dtype for p in unet.parameters()} == {weight_dtype}, "the base weights were cast for training"
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     with caplog.at_level(logging.WARNING):
         patched, _ = comfy.sd.load_lora_for_models(model, clip, out.lora.tensors, 1.0, 1.0)
     assert "lora key not loaded" not in caplog.text and "NOT LOADED" not in caplog.text, caplog.text
     assert len(patched.patches) == len({k.split(".")[0] for k in out.lora.tensors})
+
+
+def test_fast_fp8_weights_are_refused_before_training_with_what_to_load_instead(comfy, pack, tiny):
+    """weight_dtype fp8_e4m3fn_fast builds comfy.ops.fp8_ops layers, whose fp8 matmul has no training path."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+
+    from comfyui_lora_trainer.nodes.comfy_model import trainable_from_comfy
+    from comfyui_lora_trainer.trainer.errors import ModelError
+
+    config = comfy.supported_models.Flux(tiny.flux_unet_config())
+    config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+    config.custom_operations = comfy.ops.fp8_ops
+    model = comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=mm.get_torch_device(),
+                                             offload_device=mm.unet_offload_device())
+    with pytest.raises(ModelError, match="weight_dtype fp8_e4m3fn:"):
+        trainable_from_comfy(model, tiny.flux_clip(seed=4))
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma"])
+def test_only_flux_dev_gets_the_training_guidance_the_rest_keep_their_samplings_default(comfy, pack, tiny, family):
+    """Flux dev's distilled-guidance input is guidance_scale; Chroma's is what its sampling gives it (ComfyUI's
+    Chroma.extra_conds: 0), whatever guidance_scale says, so training and sampling see the same input."""
+    from comfyui_lora_trainer.nodes.comfy_model import trainable_from_comfy
+
+    model, clip, _ = build(tiny, family)
+    trainable = trainable_from_comfy(model, clip)
+    latents, _, context, pooled = inputs(trainable, clip, batch=1)
+    conds = trainable.denoiser.conditioning(latents, context, pooled, guidance=2.5)
+    sampling_default = model.model.extra_conds(cross_attn=context, pooled_output=pooled, noise=latents,
+                                               device=latents.device).get("guidance")
+    if family == "flux":
+        assert conds["guidance"].tolist() == [2.5]
+    else:
+        assert sampling_default is not None and torch.equal(conds["guidance"], sampling_default.cond)
+
+
+def test_a_batch_of_captions_of_different_lengths_trains_each_on_its_own_text(comfy, pack, tiny, comfy_folders):
+    """Qwen-Image's text has no padding, so two captions give contexts of two lengths: each sample is called
+    with its own context (a tiled one would be another caption to a joint-attention DiT), and the batch's output
+    is what each sample gives alone."""
+    from comfyui_lora_trainer.nodes.comfy_model import trainable_from_comfy
+    from comfyui_lora_trainer.trainer.text_contexts import CaptionContexts
+
+    model, clip, _ = build(tiny, "qwen_image")
+    trainable = trainable_from_comfy(model, clip)
+    captions = ["a photo of sks dog", "a photo of sks dog running on a long sandy beach at sunset, wide shot"]
+    contexts = CaptionContexts(trainable.caption_encoder, [], torch.device("cpu"), seed=0)
+    groups = contexts.groups(captions, tile=trainable.denoiser.tiles_contexts)
+    assert [indices for indices, _ in groups] == [[0], [1]]
+    latents, sigmas, _, _ = inputs(trainable, clip, batch=2)
+    from comfyui_lora_trainer.trainer.loop import TrainStep
+
+    step = TrainStep.__new__(TrainStep)              # only its predict(): the batch split by text and put back
+    step.denoiser, step.model_inputs = trainable.denoiser, {}
+    with torch.no_grad():
+        together = step.predict(latents, sigmas, groups, None)
+        alone = [trainable.denoiser(latents[i:i + 1], sigmas[i:i + 1], text.context, text.pooled)
+                 for i, (_, text) in enumerate(groups)]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("change", [{"objective": {"min_snr_gamma": 5.0}}, {"torch_compile": True}],
+                         ids=["min_snr_gamma", "torch_compile"])
+def test_what_a_flow_run_refuses_stops_it_before_the_text_is_encoded(comfy, pack, tiny, comfy_folders, change):
+    from comfyui_lora_trainer.nodes.train import run_training
+    from comfyui_lora_trainer.trainer.errors import ConfigError
+    from comfyui_lora_trainer.trainer.latent_cache import cache_latents
+    from comfyui_lora_trainer.nodes.comfy_model import ComfyVAEEncoder
+    from comfyui_lora_trainer.trainer.dataset import load_dataset_folder
+    from comfyui_lora_trainer.trainer.dataset.buckets import BucketSettings
+    from comfyui_lora_trainer.trainer.networks import NetworkConfig
+    from comfyui_lora_trainer.trainer.objective_settings import ObjectiveSettings
+    from comfyui_lora_trainer.trainer.optim import OptimizerConfig
+    from comfyui_lora_trainer.trainer.plan import TrainSettings
+
+    root = make_kohya_folder(os.path.join(comfy_folders["input"], "refused"), {"1_sks dog": [(64, 64)]})
+    model, clip, vae = build(tiny, "flux")
+    latents = cache_latents(load_dataset_folder(root), ComfyVAEEncoder(vae), BucketSettings((64, 64), 64, 64))
+    encoded = []
+    clip.encode_from_tokens = lambda *args, **kwargs: encoded.append(args) or pytest.fail("the text was encoded")
+    settings = {"torch_compile": change.get("torch_compile", False),
+                "objective": ObjectiveSettings(**change.get("objective", {}))}
+    with pytest.raises(ConfigError, match="flow-matching"):
+        run_training(model, clip, latents, NetworkConfig(rank=4, alpha=4), OptimizerConfig(learning_rate=1e-3),
+                     TrainSettings(output_name="refused", epochs=1, **settings))
+    assert not encoded
+    written = [os.path.join(folder, name) for folder, _, names in os.walk(comfy_folders["output"]) for name in names]
+    assert written == []

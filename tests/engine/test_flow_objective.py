@@ -71,8 +71,25 @@ def test_ip_noise_gamma_perturbs_the_input_only():
                                     {"loss_type": "huber", "huber_schedule": "snr"}])
 def test_ddpm_schedule_options_are_refused_with_what_to_change(option):
     with pytest.raises(ConfigError) as error:
-        check_flow_objective(ObjectiveSettings(**option))
+        check_flow_objective(ObjectiveSettings(**option), FlowSettings().resolved("flux_shift", 3.0))
     assert "flow" in str(error.value).lower() or "constant" in str(error.value)
+
+
+def test_min_and_max_timestep_bound_the_logit_normal_draws_as_kohyas_sd3_trainer():
+    """kohya's SD3 trainer: t = int(u (t_max - t_min) + t_min), s = t / 1000, u the shifted density draw; other
+    samplings refuse the bounds (kohya's Flux trainer ignores them)."""
+    bounded = objective("logit_normal", min_timestep=200, max_timestep=400)
+    draws = torch.Generator().manual_seed(3)
+    _, sigmas, _ = bounded.noisy_latents_and_target(torch.zeros(4000, 1, 1, 1), draws)
+    assert 0.2 <= float(sigmas.min()) and float(sigmas.max()) < 0.4
+    again = torch.Generator().manual_seed(3)
+    torch.randn(4000, 1, 1, 1, generator=again)                                        # the noise comes first
+    u = torch.rand(4000, generator=again, dtype=torch.float32).double()      # weighting none: uniform density
+    u = 3.0 * u / (1 + 2.0 * u)
+    expected = ((u * 200 + 200).long().double() / 1000).float()
+    assert torch.equal(sigmas, expected)
+    with pytest.raises(ConfigError, match="logit_normal"):
+        objective("flux_shift", min_timestep=200)
 
 
 def test_constant_huber_loss_is_offered():
