@@ -73,41 +73,18 @@ def test_a_clip_without_the_familys_encoder_is_refused_by_name(comfy, pack, tiny
         clip_targets(clip, SDXL)
 
 
-FULL_SIZE_DITS = {
-    # what comfy.model_detection derives from the released checkpoints
-    "flux_dev": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=768,
-                              context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19,
-                              depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True,
-                              guidance_embed=True), 304),
-    "sd35_large": ("SD3", dict(in_channels=16, patch_size=2, depth=38, pos_embed_max_size=192, num_patches=36864,
-                               adm_in_channels=2048, pos_embed_scaling_factor=None, qk_norm="rms",
-                               x_block_self_attn_layers=[],
-                               context_embedder_config={"target": "torch.nn.Linear",
-                                                        "params": {"in_features": 4096, "out_features": 2432}}),
-                   377),
-    "sd35_medium": ("SD3", dict(in_channels=16, patch_size=2, depth=24, pos_embed_max_size=384,
-                                num_patches=147456, adm_in_channels=2048, pos_embed_scaling_factor=None,
-                                qk_norm="rms", x_block_self_attn_layers=list(range(13)),
-                                context_embedder_config={"target": "torch.nn.Linear",
-                                                         "params": {"in_features": 4096, "out_features": 1536}}),
-                    263),
-}
+# kohya's LoRA module count for each full-size DiT (tiny_models.FULL_SIZE_DITS)
+DIT_MODULE_COUNTS = {"flux_dev": 304, "sd35_large": 377, "sd35_medium": 263}
 
 
-@pytest.mark.parametrize("model", list(FULL_SIZE_DITS))
+@pytest.mark.parametrize("model", list(DIT_MODULE_COUNTS))
 def test_flow_dit_names_and_shapes_are_kohyas(comfy, pack, tiny, model):
     """Flux.1 dev (kohya's lora_flux) and SD3.5 Large / Medium (kohya's lora_sd3), full size on the meta device:
     the family the MODEL is taken for, and every module name and shape, equal kohya's own."""
-    import comfy.supported_models as models
-
     from comfyui_lora_trainer.nodes.comfy_flow import flow_family_of, flow_targets
 
-    class_name, unet_config, count = FULL_SIZE_DITS[model]
-    if class_name == "Flux":
-        from comfy.ldm.flux.model import FluxParams
-
-        unet_config = tiny._fill_newer_params(dict(unet_config), FluxParams)     # newer ComfyUI's extra fields
-    base = tiny.model_on(getattr(models, class_name), unet_config, device="meta").model
+    count = DIT_MODULE_COUNTS[model]
+    base = tiny.full_size_dit(model, device="meta").model
     family = flow_family_of(base)
     assert family.key == {"flux_dev": "flux1_dev", "sd35_large": "sd35_large", "sd35_medium": "sd35_medium"}[model]
     targets = flow_targets(base, family)

@@ -228,6 +228,49 @@ def _fill_newer_params(config: dict, params_class) -> dict:
     return config
 
 
+# Full-size DiTs, for names and shapes on the meta device and for benchmarks: comfy.supported_models class name and
+# the unet config comfy.model_detection derives from the released files
+FULL_SIZE_DITS = {
+    "flux_dev": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=768,
+                              context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19,
+                              depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True,
+                              guidance_embed=True)),
+    "sd35_large": ("SD3", dict(in_channels=16, patch_size=2, depth=38, pos_embed_max_size=192, num_patches=36864,
+                               adm_in_channels=2048, pos_embed_scaling_factor=None, qk_norm="rms",
+                               x_block_self_attn_layers=[],
+                               context_embedder_config={"target": "torch.nn.Linear",
+                                                        "params": {"in_features": 4096, "out_features": 2432}})),
+    "sd35_medium": ("SD3", dict(in_channels=16, patch_size=2, depth=24, pos_embed_max_size=384,
+                                num_patches=147456, adm_in_channels=2048, pos_embed_scaling_factor=None,
+                                qk_norm="rms", x_block_self_attn_layers=list(range(13)),
+                                context_embedder_config={"target": "torch.nn.Linear",
+                                                         "params": {"in_features": 4096, "out_features": 1536}})),
+    "qwen_image": ("QwenImage", dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=60,
+                                     patch_size=2, attention_head_dim=128, num_attention_heads=24,
+                                     joint_attention_dim=3584, axes_dims_rope=(16, 56, 56))),
+    "wan21_14b": ("WAN21_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512,
+                                    in_dim=16, dim=5120, ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16,
+                                    num_heads=40, num_layers=40, window_size=(-1, -1), qk_norm=True,
+                                    cross_attn_norm=True, eps=1e-6)),
+}
+
+
+def full_size_dit(name: str, device=None, dtype: torch.dtype = torch.float32,
+                  manual_cast_dtype: torch.dtype | None = None, seed: int = 1):
+    """A ModelPatcher around a full-size DiT of FULL_SIZE_DITS: on "meta" for names and shapes, else with random
+    weights (1/sqrt(fan-in), as the tiny flow models) drawn where they live."""
+    import comfy.supported_models as models
+
+    class_name, unet_config = FULL_SIZE_DITS[name]
+    unet_config = dict(unet_config)
+    if class_name == "Flux":
+        from comfy.ldm.flux.model import FluxParams
+
+        unet_config = _fill_newer_params(unet_config, FluxParams)
+    return model_on(getattr(models, class_name), unet_config, device=device, seed=seed, dtype=dtype, fan_in=True,
+                    manual_cast_dtype=manual_cast_dtype)
+
+
 def flux_unet_config(guidance_embed: bool = True) -> dict:
     """A tiny Flux.1 DiT (recipe: docs/kohya-flow-models.md section 5): 2 double + 2 single blocks, hidden 64 in
     2 heads of sum(axes_dim) = 32, 16 latent channels packed 2x2."""
