@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Training speed and memory on the GPU machine, in one call: the engine's step against the bare loop on the
 # full-size SD1.5 UNet (512 px; batch 1 and 4, rank 16 and 32) and SDXL UNet (1024 px, batch 1), bf16, each with
-# gradient checkpointing off and on, beside the published H100 figures. Prints a Markdown table and writes it
+# gradient checkpointing off and on, beside the published H100 figures; then full-size Flux.1 dev (bf16, random
+# weights, 512 and 1024 px, batch 1, rank 16, checkpointing on; ComfyUI's classes only, last, so the time budget
+# cuts them first: `--model flux` runs them alone). Prints a Markdown table and writes it
 # (gpu_train_speed.md / .json, and this run's log gpu.log) to $OUT, or to benchmark-output/ where OUT is unset.
 # The measuring is benchmarks/gpu_train_speed.py; its docstring says what each column is.
 #

@@ -2,7 +2,8 @@
 
 Every configuration (CONFIGS) trains a LoRA on a UNet with random bf16 weights, frozen, on the GPU: the real SD1.5
 UNet at 512 px (64x64 latents), batch 1 and 4, rank 16 and 32, and the real SDXL UNet at 1024 px (128x128
-latents), batch 1, each with gradient checkpointing off and on. LoRA weights fp32, autocast bf16, AdamW. Each row
+latents), batch 1, each with gradient checkpointing off and on; then full-size Flux.1 dev (ComfyUI's classes only)
+at 512 and 1024 px, batch 1, rank 16, checkpointing on. LoRA weights fp32, autocast bf16, AdamW. Each row
 gives the engine's step (trainer.loop.TrainStep) and the bare loop (the same model, the same LoRA modules, one
 precomputed batch: forward, MSE, backward, clipping, the optimizer step; benchmarks/training_step.py) in seconds
 per step, their ratio, and each one's peak memory (torch.cuda.max_memory_allocated over one step, reset for it,
@@ -45,6 +46,7 @@ TABLE_FILE = "gpu_train_speed.md"
 JSON_FILE = "gpu_train_speed.json"
 LOCAL_OUT_DIR = "benchmark-output"       # where results go when $OUT (the device machine's) is not set
 SDXL_SIZE_EMBEDDING = 6 * 256            # SDXL's ADM input: the pooled text, then six 256-wide size embeddings
+FLUX_CAPTION_TOKENS = 512                # T5-XXL's context for Flux.1 dev (ComfyUI pads to 256 or 512)
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ class Config:
     rank: int
     checkpointing: bool
     option: str = ""           # a key of OPTION_TITLES: a speed option of the engine's step (the bare loop stays)
+    latent_side: int = 0       # 0: the model's (LATENT_SIDES); else this one, at full scale (a Flux row's 512 / 1024)
 
     def label(self) -> str:
-        return (f"{MODEL_TITLES[self.model]}, batch {self.batch}, rank {self.rank}, "
+        title = MODEL_TITLES[self.model] + (f" {self.latent_side * 8} px" if self.latent_side else "")
+        return (f"{title}, batch {self.batch}, rank {self.rank}, "
                 f"checkpointing {'on' if self.checkpointing else 'off'}"
                 + (f", {OPTION_TITLES[self.option]}" if self.option else ""))
 
@@ -70,11 +74,12 @@ class Anchor:
         return f"{self.seconds:.3f} s, {self.gib:.2f} GiB"
 
 
-MODEL_TITLES = {"sd15": "SD1.5 512 px", "sdxl": "SDXL 1024 px"}
+MODEL_TITLES = {"sd15": "SD1.5 512 px", "sdxl": "SDXL 1024 px", "flux": "Flux.1 dev"}
+COMFYUI_ONLY = {"flux"}       # models only ComfyUI's classes build here (the GPU machine has no diffusers Flux)
 # the engine's options whose worth only a GPU can tell (on a CPU channels-last measured no faster); their rows
 # compare the engine with the option against the same bare loop as the row without it
 OPTION_TITLES = {"channels_last": "engine channels-last", "torch_compile": "engine torch.compile"}
-LATENT_SIDES = {"sd15": 64, "sdxl": 128}
+LATENT_SIDES = {"sd15": 64, "sdxl": 128, "flux": 64}
 # the published figures (H100, the same model class, resolution, batch 1, bf16) come first, so a time budget that
 # runs out leaves the rows that can be compared
 CONFIGS = (
@@ -84,6 +89,8 @@ CONFIGS = (
     Config("sd15", 1, 32, False), Config("sd15", 1, 32, True),
     Config("sd15", 4, 16, False), Config("sd15", 4, 16, True),
     Config("sd15", 4, 32, False), Config("sd15", 4, 32, True),
+    # the flow issue's rows: full-size Flux.1 dev with random bf16 weights, gradient checkpointing (what 24 GB needs)
+    Config("flux", 1, 16, True, latent_side=64), Config("flux", 1, 16, True, latent_side=128),
 )
 ANCHORS = {
     Config("sd15", 1, 16, False): Anchor(0.181, 2.87), Config("sd15", 1, 16, True): Anchor(0.305, 1.98),
@@ -102,10 +109,11 @@ class Scale:
     reserve_s: float           # a configuration starts only with this much of the time budget left
     compile_backend: str       # the torch.compile row's: inductor on the GPU; in the smoke run aot_eager, the same
                                # tracing without minutes of C++ compiling on a CPU
+    forced_side: bool = False  # --latent-side: one latent side for every row
 
 
 FULL = Scale(False, LATENT_SIDES, warmup=3, steps=10, reserve_s=20.0, compile_backend="inductor")
-SMOKE = Scale(True, {"sd15": 8, "sdxl": 8}, warmup=1, steps=1, reserve_s=0.0, compile_backend="aot_eager")
+SMOKE = Scale(True, {"sd15": 8, "sdxl": 8, "flux": 8}, warmup=1, steps=1, reserve_s=0.0, compile_backend="aot_eager")
 
 
 # ---- the two ways to build a model ----------------------------------------------------------------------------
@@ -155,6 +163,13 @@ class ComfyBackend:
         import comfy.supported_models as models
 
         recipes = self.recipes
+        if model == "flux":
+            if self.smoke:
+                patcher = recipes.model_on(models.Flux, recipes.flux_unet_config(), device=self.device,
+                                           dtype=torch.bfloat16, fan_in=True)
+            else:
+                patcher = recipes.full_size_dit("flux_dev", device=self.device, dtype=torch.bfloat16)
+            return comfy_flow_bench_model(patcher, self.adapter)
         if model == "sd15":
             config_class = models.SD15
             unet_config = recipes.sd15_unet_config(context_dim=32 if self.smoke else 768, tiny=self.smoke)
@@ -200,6 +215,27 @@ def comfy_bench_model(patcher, adapter) -> BenchModel:
         return lambda: unet(batch.noisy, timesteps, context=batch.context, **extra, **attention())
 
     return BenchModel(trainable, unet_config["context_dim"], pooled_dim, bare_call)
+
+
+def comfy_flow_bench_model(patcher, adapter) -> BenchModel:
+    """A flow-matching ComfyUI MODEL (Flux.1 dev) as the Train node hands it to the engine; the bare loop calls its
+    diffusion model with what ComfyUI's apply_model would give it: sigmas as timesteps (Flux's multiplier is 1),
+    the T5 context, the pooled CLIP-L vector and the guidance input."""
+    trainable = adapter.trainable_from_comfy(patcher, None)
+    trainable.prepare(False, 0)
+    denoiser = trainable.denoiser
+    unet_config = patcher.model.model_config.unet_config
+    attention = attention_options(adapter)
+
+    def bare_call(batch: BareBatch):
+        unet = denoiser.diffusion_model
+        guidance = torch.ones(batch.noisy.shape[0], device=batch.noisy.device, dtype=batch.noisy.dtype)
+        sigmas = batch.timesteps.to(batch.noisy.dtype)
+        return lambda: unet(batch.noisy, sigmas, context=batch.context, y=batch.pooled, guidance=guidance,
+                            **attention())
+
+    return BenchModel(trainable, unet_config["context_in_dim"], unet_config["vec_in_dim"], bare_call,
+                      caption_tokens=FLUX_CAPTION_TOKENS)
 
 
 def attention_options(adapter):
@@ -315,7 +351,7 @@ def measure(slot: ModelSlot, config: Config, scale: Scale, latent_sides: dict, d
     try:
         model = slot.get(config.model)
         weights = allocated_bytes(model.trainable.denoiser.device)
-        pair = StepPair(model, config.batch, config.rank, latent_sides[config.model], PRECISION,
+        pair = StepPair(model, config.batch, config.rank, latent_side_of(config, scale, latent_sides), PRECISION,
                         config.checkpointing, config.option, scale.compile_backend)
         with pair.attached():
             timing = interleaved_medians(pair, scale.warmup, scale.steps, deadline)
@@ -330,6 +366,14 @@ def measure(slot: ModelSlot, config: Config, scale: Scale, latent_sides: dict, d
     finally:
         del pair
         free_memory()
+
+
+def latent_side_of(config: Config, scale: Scale, latent_sides: dict) -> int:
+    """--latent-side's side where it is given (latent_sides then holds it for every model), else a row's own side
+    at full scale, else its model's."""
+    if config.latent_side and not scale.smoke and not scale.forced_side:
+        return config.latent_side
+    return latent_sides[config.model]
 
 
 def host_syncs(step) -> int:
@@ -354,7 +398,9 @@ def run_configs(backend, configs, scale: Scale, latent_sides: dict, deadline: fl
     slot, rows = ModelSlot(backend), []
     try:
         for config in configs:
-            if time.monotonic() > deadline - scale.reserve_s:
+            if config.model in COMFYUI_ONLY and not isinstance(backend, ComfyBackend):
+                rows.append(Row(config, "skipped: needs ComfyUI's model classes (a ComfyUI checkout)"))
+            elif time.monotonic() > deadline - scale.reserve_s:
                 rows.append(Row(config, "skipped: time budget"))
             else:
                 rows.append(measure(slot, config, scale, latent_sides, deadline))
@@ -382,7 +428,13 @@ def device_text(device: torch.device) -> str:
 
 
 def header_lines(backend, scale: Scale, latent_sides: dict, budget_s: float) -> list[str]:
-    sides = ", ".join(f"{MODEL_TITLES[m].split()[0]} {s}x{s}" for m, s in latent_sides.items())
+    def side_text(model: str, side: int) -> str:
+        own = sorted({c.latent_side for c in CONFIGS if c.model == model and c.latent_side})
+        if own and not scale.smoke and not scale.forced_side:
+            return " / ".join(f"{s}x{s}" for s in own) + " (per row)"
+        return f"{side}x{side}"
+
+    sides = ", ".join(f"{MODEL_TITLES[m].split()[0]} {side_text(m, s)}" for m, s in latent_sides.items())
     lines = ["## GPU training speed: the engine's step against the bare loop (benchmarks/gpu.sh)", "",
              f"- device: {device_text(backend.device)}",
              f"- models: {backend.description}; random bf16 weights, frozen; LoRA fp32 on the attention and "
@@ -463,6 +515,7 @@ def main(argv=None) -> int:
     models = args.model or tuple(MODEL_TITLES)
     configs = [config for config in CONFIGS if config.model in models]
     latent_sides = {m: args.latent_side or scale.latent_sides[m] for m in models}
+    scale = dataclasses.replace(scale, forced_side=bool(args.latent_side))
     backend = start_backend(args.backend, device, scale.smoke, log)
     header = header_lines(backend, scale, latent_sides, args.budget_s)
     log(f"{len(configs)} configurations; models: {backend.description}")

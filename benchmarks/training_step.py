@@ -26,7 +26,7 @@ from trainer.compiled import compiled_model
 from trainer.memory_format import channels_last
 from trainer.conditioning import SizeCondition, TextConditioning, sdxl_size_condition
 from trainer.diffusers_adapter import SD1_LATENT_SCALE, FunctionCaptionEncoder, diffusers_trainable
-from trainer.families import SD1, SDXL
+from trainer.families import SD1, SDXL, family_by_key
 from trainer.interfaces import TrainableModel
 from trainer.latent_cache import CachedSample
 from trainer.loop import TrainStep, frozen
@@ -37,7 +37,6 @@ from trainer.text_contexts import CaptionContexts
 OPTIMIZER = OptimizerConfig(optimizer_type="AdamW")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SDXL_LATENT_SCALE = 0.13025
-LATENT_CHANNELS = 4
 CAPTION_TOKENS = 77
 
 
@@ -133,7 +132,7 @@ class BareBatch:
     """One precomputed batch in the model's compute dtype (the target in fp32, as the loss takes it)."""
 
     noisy: torch.Tensor
-    timesteps: torch.Tensor                   # integer DDPM timesteps
+    timesteps: torch.Tensor                   # integer DDPM timesteps; sigmas in (0, 1) for a flow model
     context: torch.Tensor
     pooled: torch.Tensor | None               # SDXL's pooled text embedding
     sizes: list[SizeCondition] | None         # SDXL's size conditioning, one per sample
@@ -149,6 +148,7 @@ class BenchModel:
     context_dim: int
     pooled_dim: int | None                    # None: no pooled text (SD1.x)
     bare_call: Callable[[BareBatch], Callable[[], torch.Tensor]]
+    caption_tokens: int = CAPTION_TOKENS      # the text context's length (Flux: T5's 512)
 
 
 def _no_captions(caption: str):
@@ -193,12 +193,15 @@ class StepPair:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
         pixels = (latent_side * 8, latent_side * 8)
-        context = torch.randn(1, CAPTION_TOKENS, model.context_dim)
+        self.latent_channels = (model.trainable.family or family_by_key(model.trainable.base_model_version)
+                                ).latent_channels
+        context = torch.randn(1, model.caption_tokens, model.context_dim)
         pooled = torch.randn(1, model.pooled_dim) if model.pooled_dim else None
         encoded = TextConditioning(context, pooled) if pooled is not None else context
         # the latent cache keeps latents on the CPU: the engine's step moves each batch to the device itself
         self.samples = [CachedSample(f"img{i}", "caption", 1, "set", pixels, pixels,
-                                     torch.randn(LATENT_CHANNELS, latent_side, latent_side)) for i in range(batch)]
+                                     torch.randn(self.latent_channels, latent_side, latent_side))
+                        for i in range(batch)]
         self.captions = ["caption"] * batch
         contexts = CaptionContexts(FunctionCaptionEncoder(lambda caption: encoded), self.samples, self.device, seed=0)
         self.step = TrainStep(denoiser, self.network, self.optimizer, OPTIMIZER, contexts, precision, seed=0)
@@ -207,22 +210,28 @@ class StepPair:
 
     def _bare_batch(self, context, pooled, pixels, batch: int, latent_side: int, dtype: torch.dtype) -> BareBatch:
         device = self.device
-        noisy = torch.randn(batch, LATENT_CHANNELS, latent_side, latent_side, device=device)
+        noisy = torch.randn(batch, self.latent_channels, latent_side, latent_side, device=device)
         sizes = [sdxl_size_condition(pixels, pixels)] * batch if pooled is not None else None
-        return BareBatch(noisy.to(dtype), torch.randint(0, 1000, (batch,), device=device),
+        flow = self.model.trainable.denoiser.prediction_type == "flow"
+        timesteps = torch.rand(batch, device=device) if flow else torch.randint(0, 1000, (batch,), device=device)
+        return BareBatch(noisy.to(dtype), timesteps,
                          context.repeat(batch, 1, 1).to(device, dtype),
                          None if pooled is None else pooled.repeat(batch, 1).to(device, dtype), sizes,
                          torch.randn_like(noisy))
 
     @contextmanager
     def attached(self) -> Iterator[None]:
-        """The model frozen, the LoRA attached and, when asked, the blocks checkpointed, as a run has them."""
+        """The model frozen, in its training mode (a flow model's), the LoRA attached and, when asked, the blocks
+        checkpointed, as a run has them."""
         trainable = self.model.trainable
         with ExitStack() as stack:
             stack.enter_context(frozen(trainable.frozen_root))
+            if trainable.training_mode is not None:
+                stack.enter_context(trainable.training_mode())
             stack.enter_context(self.network.attached(trainable.lora_targets))
             if self.checkpointing:
-                stack.enter_context(checkpointed(trainable.checkpoint_blocks, self.checkpoint_generator()))
+                stack.enter_context(checkpointed(trainable.checkpoint_blocks, self.checkpoint_generator(),
+                                                 trainable.blocks_update_inputs))
             if self.option == "channels_last":     # the weights for both loops; the engine's latents too
                 stack.enter_context(channels_last(trainable.frozen_root))
                 self.step.memory_format = torch.channels_last
