@@ -192,6 +192,10 @@ def train_sdxl_lora() -> list[list[Node]]:
         preview=Preview(SD15_PREVIEW, 1024, "sdxl_lora_preview"))
 
 
+# what FLOW_SETTINGS says, for each flow template: 1024 buckets cached on disk, kohya's usual LoRA and optimizer
+FLOW_TRAINING = dict(cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
+                     network={"rank": 16, "alpha": 16.0},
+                     optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"})
 FLOW_SETTINGS = ("Settings as kohya trains {family} LoRAs: rank 16 / alpha 16, AdamW8bit at 1e-4, gradient "
                  "checkpointing, bf16, timestep_sampling auto ({sampling}); the text encoders are only used to "
                  "encode the captions once, then leave the GPU.")
@@ -212,9 +216,7 @@ def train_flux_lora() -> list[list[Node]]:
                       model="unet.MODEL", clip="clip.CLIP", vae="vae.VAE")
     return training_columns(
         [note("note", text, (400, 480))], loaders,
-        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
-        network={"rank": 16, "alpha": 16.0},
-        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        **FLOW_TRAINING,
         train={"output_name": "my_flux_lora", "gradient_checkpointing": True, "precision": "bf16"},
         preview=Preview(SD15_PREVIEW, 1024, "flux_lora_preview", guidance=3.5, latent="EmptySD3LatentImage",
                         sampler={"seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}))
@@ -233,9 +235,7 @@ def train_sd35_lora() -> list[list[Node]]:
                       clip="clip.CLIP")
     return training_columns(
         [note("note", text, (400, 400))], loaders,
-        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
-        network={"rank": 16, "alpha": 16.0},
-        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        **FLOW_TRAINING,
         train={"output_name": "my_sd35_lora", "gradient_checkpointing": True, "precision": "bf16"},
         preview=Preview(SD15_PREVIEW, 1024, "sd35_lora_preview", latent="EmptySD3LatentImage",
                         sampler={"seed": 0, "steps": 28, "cfg": 4.5, "sampler_name": "euler",
@@ -246,7 +246,8 @@ def train_qwen_image_lora() -> list[list[Node]]:
     text = ("Train a Qwen-Image LoRA (lora_unet_ names of ComfyUI's and musubi-tuner's module paths, which ComfyUI "
             "loads).\n\n1. Load Diffusion Model: " + QWEN_FILES["unet"] + ", Load CLIP: " + QWEN_FILES["clip"]
             + " (type qwen_image), Load VAE: " + QWEN_FILES["vae"] + ".\n2. " + DATASET_NOTE
-            + " Qwen-Image trains at 1024 (about 1328 natively).\n3. "
+            + " Qwen-Image trains at 1024 (about 1328 natively). Its 20 B weights are 19 GiB in fp8: the computed"
+            " training floor at 1024 is 23.7 GiB, so use a 32 GB card (benchmarks/RESULTS.md).\n3. "
             + FLOW_SETTINGS.format(family="Qwen-Image", sampling="shift, the model's own")
             + "\n4. Queue. The LoRA lands in models/loras/my_qwen_image_lora.safetensors.")
     loaders = Loaders([Node("unet", "UNETLoader", {"unet_name": QWEN_FILES["unet"], "weight_dtype": "default"}),
@@ -255,9 +256,7 @@ def train_qwen_image_lora() -> list[list[Node]]:
                       model="unet.MODEL", clip="clip.CLIP", vae="vae.VAE")
     return training_columns(
         [note("note", text, (400, 400))], loaders,
-        cache={"resolution": 1024, "min_bucket_reso": 512, "max_bucket_reso": 2048, "cache": "disk"},
-        network={"rank": 16, "alpha": 16.0},
-        optimizer={"optimizer_type": "AdamW8bit", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        **FLOW_TRAINING,
         train={"output_name": "my_qwen_image_lora", "gradient_checkpointing": True, "precision": "bf16"},
         preview=Preview(SD15_PREVIEW, 1024, "qwen_image_lora_preview", latent="EmptySD3LatentImage",
                         sampler={"seed": 0, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple"}))
