@@ -10,6 +10,9 @@
   `.venv` (scripts/setup.sh makes one for a ComfyUI that needs another torch), else the repository's `.venv`.
 - `--all` also runs the tests marked `slow` (full-size architectures, a browser, ...); without it they are
   deselected, and the summary says so.
+- The engine runs and the ComfyUI runs go in two lanes side by side (each run single-threaded, so the two fill
+  a 2-core machine; the ComfyUI runs stay one after another, as their servers share the checkout's
+  custom_nodes/). Each run's output is printed whole when it ends. `--serial` runs one at a time.
 Paths among the pytest arguments (tests/...) pick the tiers they belong to. Exit status: non-zero when any run
 failed. The last line is "tests: N passed, N failed, N skipped" over all runs.
 """
@@ -21,6 +24,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,18 +131,49 @@ def plan_runs(requested_paths: list[str]) -> list[TierRun]:
     return runs
 
 
-def execute(run: TierRun, options: list[str], run_slow: bool, report_dir: str, number: int) -> None:
+def execute(run: TierRun, options: list[str], run_slow: bool, report_dir: str, number: int,
+            printing: threading.Lock) -> None:
+    """One run, its output kept in a file and printed whole (under `printing`) when it ends."""
     report_path = os.path.join(report_dir, f"report-{number}.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", LORA_TRAINER_REPORT=report_path)
     if run.comfyui_path:
         env["COMFYUI_PATH"] = run.comfyui_path
     marker = [] if run_slow or any(o == "-m" or o.startswith("-m") for o in options) else ["-m", "not slow"]
     command = [run.python, "-m", "pytest", *run.paths, *marker, *options]
-    print(f"\n##### {run.label}\n##### {' '.join(command)}", flush=True)
-    run.returncode = subprocess.call(command, cwd=REPO_ROOT, env=env)
+    with printing:
+        print(f"##### started: {run.label}", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as output:
+        run.returncode = subprocess.call(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        output.seek(0)
+        with printing:
+            print(f"\n##### {run.label} ({time.monotonic() - started:.0f} s)\n##### {' '.join(command)}", flush=True)
+            for line in output:
+                sys.stdout.write(line)
+            sys.stdout.flush()
     if os.path.isfile(report_path):
         with open(report_path, encoding="utf-8") as handle:
             run.report = json.load(handle)
+
+
+def execute_lanes(runs: list[TierRun], options: list[str], run_slow: bool, report_dir: str, serial: bool) -> None:
+    """The engine runs in one lane, the ComfyUI runs in another, the lanes side by side unless `serial`."""
+    printing = threading.Lock()
+    numbered = [(number, run) for number, run in enumerate(runs) if not run.skip_reason]
+    lanes = [[item for item in numbered if item[1].comfyui_path is None],
+             [item for item in numbered if item[1].comfyui_path is not None]]
+    if serial:
+        lanes = [numbered]
+
+    def work(lane) -> None:
+        for number, run in lane:
+            execute(run, options, run_slow, report_dir, number, printing)
+
+    threads = [threading.Thread(target=work, args=(lane,)) for lane in lanes if lane]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def describe(run: TierRun) -> list[str]:
@@ -161,13 +197,13 @@ def describe(run: TierRun) -> list[str]:
 
 def main(arguments: list[str]) -> int:
     run_slow = "--all" in arguments
-    arguments = [a for a in arguments if a != "--all"]
+    serial = "--serial" in arguments
+    arguments = [a for a in arguments if a not in ("--all", "--serial")]
     requested, options = split_arguments(arguments)
     runs = plan_runs(requested)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lora-trainer-tests-") as report_dir:
-        for number, run in enumerate(runs):
-            if not run.skip_reason:
-                execute(run, options, run_slow, report_dir, number)
+        execute_lanes(runs, options, run_slow, report_dir, serial)
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     print("\n" + " test tiers ".center(100, "="))
     failed = False
@@ -184,6 +220,7 @@ def main(arguments: list[str]) -> int:
         totals["skipped"] += counts.get("skipped", 0)
     if totals["failed"]:
         failed = True
+    print(f"all tiers in {time.monotonic() - started:.0f} s" + (" (one at a time)" if serial else ""))
     print(f"tests: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     return 1 if failed else 0
 
