@@ -109,7 +109,8 @@ class ProgressReporter:
         # the bar and the text line redraw the node in the page: at most SHOW_EVERY_SECONDS apart (a GPU runs
         # 10+ steps a second), always for the last step and for a run's start and end; the chart's events all go
         now = time.monotonic()
-        key_moment = value >= self.total or (event is not None and ("started" in event or "status" in event))
+        key_moment = value >= self.total or (event is not None and
+                                              ("started" in event or "status" in event or "plan" in event))
         server = _server()
         if key_moment or now - self.last_shown >= SHOW_EVERY_SECONDS:
             self.last_shown = now

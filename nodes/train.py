@@ -32,12 +32,14 @@ from .wire_types import CATEGORY, LoraLatents, LoraNetwork, LoraOptimizer, Train
 
 @dataclass
 class TrainOutputs:
+    """What Train gives the graph; a plan-only run gives its summary (the plan) and None for the rest."""
+
     model: object
     clip: object
-    lora: TrainedLora
-    loss_image: torch.Tensor
+    lora: TrainedLora | None
+    loss_image: torch.Tensor | None
     summary: str
-    result: TrainResult
+    result: TrainResult | None
 
 
 def comfy_run_folders() -> RunFolders:
@@ -80,6 +82,8 @@ def run_training(model, clip, latents: LatentCache, network: NetworkConfig, opti
                               check_cancel=check_cancel, is_cancel=is_cancel,
                               clip_skip=clip_skip_of(clip), resume_from=resume_from,
                               validation_latents=validation_latents, on_sample=renderer)
+    if session.planned_only:
+        return TrainOutputs(None, None, None, None, session.summary, None)
     patched_model, patched_clip = apply_lora_patches(model, clip, session.result.tensors)
     if renderer is not None and renderer.files:
         session.summary += f"\n{len(renderer.files)} preview image(s) in {os.path.dirname(renderer.files[0])}"
@@ -226,6 +230,10 @@ class LoRATrain(io.ComfyNode):
                                          "faster steps on a GPU after a first step that compiles (a minute or "
                                          "more); needs Triton on the GPU (kohya's torch_compile)."),
                 *flow_inputs(),
+                io.Boolean.Input("plan_only", default=False, optional=True,
+                                 tooltip="Stop after the plan: steps, saves, modules, the time and memory "
+                                         "estimate from a few warm-up passes, every warning. Nothing trains or is "
+                                         "written; the nodes after Train (Save, KSampler) are skipped."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -244,7 +252,7 @@ class LoRATrain(io.ComfyNode):
                 scale_weight_norms=0.0, save_every_n_steps=0, keep_last_n=0, validation_latents=None,
                 validation_split=0.0, validation_seed=-1, validate_every_n_steps=0, validate_every_n_epochs=1,
                 vae=None, sample_prompts="", sample_every_n_steps=0, sample_every_n_epochs=0,
-                sample_sampler="euler", sample_scheduler="normal", torch_compile=False,
+                sample_sampler="euler", sample_scheduler="normal", torch_compile=False, plan_only=False,
                 **loss_and_noise) -> io.NodeOutput:
         flow = flow_settings(loss_and_noise)
         objective = objective_settings(loss_and_noise)
@@ -259,10 +267,15 @@ class LoRATrain(io.ComfyNode):
                                  objective=objective, save_every_n_steps=save_every_n_steps, keep_last_n=keep_last_n,
                                  validation=validation, sample_every_n_steps=sample_every_n_steps,
                                  sample_every_n_epochs=sample_every_n_epochs, torch_compile=torch_compile,
-                                 flow=flow)
+                                 flow=flow, plan_only=plan_only)
         out = run_training(model, clip, latents, network, optimizer, settings, node_id=cls.hidden.unique_id,
                            resume_from=resume_from or "", validation_latents=validation_latents,
                            previews=PreviewSettings(vae, sample_prompts or "", sample_sampler, sample_scheduler))
+        if out.lora is None:        # plan only: the summary is the plan; what comes after Train is skipped
+            from comfy_execution.graph_utils import ExecutionBlocker
+
+            blocked = ExecutionBlocker(None)
+            return io.NodeOutput(blocked, blocked, blocked, blocked, out.summary, ui={"text": [out.summary]})
         return io.NodeOutput(out.model, out.clip, out.lora, out.loss_image, out.summary,
                              ui={"text": [out.summary]})
 

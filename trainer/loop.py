@@ -75,6 +75,25 @@ class TrainCallbacks:
     # random streams left as they were (kohya's sample_every_n_steps / _epochs)
     on_sample: Callable[[TrainProgress], None] | None = None
     on_abort: Callable[[TrainProgress, TrainState, BaseException], None] | None = None
+    # once everything is in place (model loaded, LoRA attached, checkpointing, the optimizer built) and before
+    # the first step: the plan's warm-up and report (trainer/preflight.py); it may raise to stop the run, which
+    # then keeps and writes nothing
+    on_ready: Callable[["ReadyRun"], None] | None = None
+
+
+@dataclass
+class ReadyRun:
+    """A run just before its first step, as on_ready sees it."""
+
+    model: TrainableModel
+    network: LoRANetwork
+    stepper: "TrainStep"
+    captions: CaptionContexts
+    cache: LatentCache
+    plan: TrainPlan
+    settings: TrainSettings
+    optimizer_config: OptimizerConfig
+    first_step: int                     # 0, or the step a resumed run continues after
 
 
 @dataclass
@@ -274,6 +293,9 @@ def train_lora(model: TrainableModel, cache: LatentCache, network_config: Networ
                                                    model.blocks_update_inputs))
         if settings.torch_compile:             # after the LoRA hooks and checkpointing: both are traced in
             run_context.enter_context(compiled_model(denoiser, settings.dynamo_backend))
+        if callbacks.on_ready:
+            callbacks.on_ready(ReadyRun(model, network, stepper, captions, cache, plan, settings, optimizer_config,
+                                        progress.step))
         try:
             for epoch in range(first_epoch, plan.epochs):
                 batches = epoch_batches(cache, settings.batch_size, settings.seed, epoch)
@@ -410,6 +432,11 @@ class TrainStep:
         except OUT_OF_MEMORY:
             self.optimizer.zero_grad(set_to_none=True)
             raise out_of_memory(step) from None
+
+    def forward_backward(self, batch, step: int, captions: list[str]) -> torch.Tensor | float:
+        """accumulate's forward and backward with torch's out-of-memory error left as it is (the plan's warm-up
+        passes, trainer/warmup.py, turn it into "will not fit")."""
+        return self._run(batch, step, captions)
 
     def evaluate(self, sample, text, timestep: int, generator: torch.Generator) -> float:
         """The loss of one sample at a fixed timestep, with noise from `generator` (not the step's): no

@@ -43,6 +43,7 @@ class TrainSettings:
     flow: FlowSettings = FlowSettings()   # flow-matching models only: timestep sampling, shift, guidance
     sample_every_n_steps: int = 0    # kohya's sample_every_n_steps / _epochs: in-training previews; 0 = off
     sample_every_n_epochs: int = 0
+    plan_only: bool = False          # stop after the plan and its estimate (trainer/preflight.py): nothing trains
 
     def validated(self) -> "TrainSettings":
         if self.epochs < 0 or self.max_steps < 0:

@@ -25,7 +25,9 @@ from .families import FAMILIES, Family
 from .flow_objective import check_flow_objective
 from .interfaces import TrainableModel
 from .latent_cache import LatentCache
-from .loop import TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora, training_precision
+from .loop import (ReadyRun, TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora,
+                   training_precision)
+from .preflight import PlanOnly, describe_estimate, free_memory_budget, not_fitting, preflight
 from .lora_file import TrainedLora, new_session_id, save_lora
 from .loss_plot import draw_loss_plot
 from .metadata import training_metadata
@@ -59,10 +61,14 @@ class ProgressSink(Protocol):
 @dataclass
 class SessionResult:
     run_name: str
-    lora: TrainedLora
-    loss_image: Image.Image
+    lora: TrainedLora | None            # None: a plan-only run (summary is the plan)
+    loss_image: Image.Image | None
     summary: str
-    result: TrainResult
+    result: TrainResult | None
+
+    @property
+    def planned_only(self) -> bool:
+        return self.lora is None
 
 
 AVERAGE_WINDOW = 50
@@ -317,12 +323,16 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
                 is_cancel: Callable[[BaseException], bool] = lambda exc: False, clip_skip: int | None = None,
                 resume_from: str = "", validation_latents: LatentCache | None = None,
                 on_sample: Callable[[TrainProgress, str], None] | None = None,
-                distributed: DistributedContext | None = None) -> SessionResult:
+                distributed: DistributedContext | None = None, clock: Callable[[], float] = time.perf_counter,
+                memory_budget: Callable[[torch.device, int], int | None] = free_memory_budget) -> SessionResult:
     """One training run with everything it leaves behind (intermediate saves with states, the run log, the
     interrupted LoRA and state on Cancel or an error). `progress(total_steps)` makes where progress goes;
     `on_sample(progress, run_folder)` renders previews (the host's, with the LoRA attached).
 
     `resume_from` names a stopped run: it continues from that run's newest state and keeps its name.
+    Before the first step the run's plan, estimate and warnings (trainer/preflight.py) are reported and open
+    the summary; a run that will not fit `memory_budget` stops there, as does a plan_only run, writing nothing.
+    `clock` times the warm-up passes (a test's own clock makes the estimate deterministic).
     With `distributed` (one call on every process of a torchrun run), rank 0 names the run, reads its state,
     writes every file and reports progress; all processes train (trainer/distributed.py) and return the same
     LoRA. The host writes its own files (the final LoRA) on rank 0 only.
@@ -428,15 +438,39 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
         reporter.update(progress.step, message, {"step": progress.step, "run": run_name,
                                                  "status": "cancelled" if is_cancel(exc) else "stopped by an error"})
 
+    def on_ready(ready: ReadyRun) -> None:
+        nonlocal plan_text               # the run log and the summary carry the whole plan from here on
+        found = preflight(ready, run_name, clock, memory_budget)
+        # the settings' warnings are listed once, with the run's, at the end of the plan
+        settings_lines = [line for line in plan_text.splitlines() if not line.startswith("warning: ")]
+        plan_text = text = "\n".join(settings_lines) + "\n" + found.text
+        logging.info("lora-trainer %s plan:\n%s", run_name, text)
+        reporter.update(ready.first_step, f"run {run_name}: {plan.total_steps} steps; "
+                        + describe_estimate(found.estimate, found.measure, plan.total_steps).splitlines()[0],
+                        {"run": run_name, "plan": text})
+        if not found.estimate.fits:
+            error = not_fitting(ready, found.estimate, found.measure)
+            if settings.plan_only:          # a plan that asks shows the stop too, as part of the plan
+                raise PlanOnly(f"{text}\n{error}")
+            raise error
+        if settings.plan_only:
+            raise PlanOnly(text)
+
     callbacks = TrainCallbacks(on_step=on_step, check_cancel=check_cancel,
                                on_checkpoint=on_checkpoint, on_abort=on_abort, on_validation=on_validation,
-                               on_sample=(lambda p: on_sample(p, folders.run_folder(run_name))) if on_sample else None)
+                               on_sample=(lambda p: on_sample(p, folders.run_folder(run_name))) if on_sample else None,
+                               # the plan's warm-up times one process's step: not for a torchrun run
+                               on_ready=on_ready if distributed is None else None)
     if distributed is not None:
         callbacks = callbacks_for_rank(callbacks, distributed)
     started = time.perf_counter()
-    with torch.inference_mode(False):
-        result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume,
-                            validation_cache=validation_latents, distributed=distributed)
+    try:
+        with torch.inference_mode(False):
+            result = train_lora(trainable, latents, network, optimizer, settings, callbacks, resume,
+                                validation_cache=validation_latents, distributed=distributed)
+    except PlanOnly as stop:
+        reporter.update(resume.step if resume else 0, None, {"run": run_name, "status": "plan only"})
+        return SessionResult(run_name, None, None, stop.text + "\nplan only: nothing was trained or written", None)
     seconds = time.perf_counter() - started
 
     metadata = metadata_for(result.progress)

@@ -17,6 +17,9 @@ from safetensors import safe_open
 from tests.helpers import make_kohya_folder
 
 from . import harness
+
+# the plan's warm-up passes (trainer/preflight.py WARMUP_PASSES) call the model before step one
+WARMUP_PASSES = 3
 from .server import PACK_FOLDER_NAME, ComfyServer
 
 WORKFLOW_DIR = os.path.join(harness.REPO_ROOT, "example_workflows")
@@ -388,7 +391,8 @@ def test_resume_workflow_continues_a_run_that_stopped_on_an_error(server, info):
     stopping = tiny_prompt("train_sd15_lora", info, "resume_me", seed=5)
     loader_id = node_of(stopping, "TinySD15Loader")[0]
     train_id, train = node_of(stopping, "LoRATrain")
-    stopping["90"] = {"class_type": "RunsOutOfMemory", "inputs": {"model": [loader_id, 0], "at_forward": 4}}
+    stopping["90"] = {"class_type": "RunsOutOfMemory",
+                      "inputs": {"model": [loader_id, 0], "at_forward": WARMUP_PASSES + 4}}
     train["inputs"]["model"] = ["90", 0]
     stopped = server.wait(server.queue(stopping))
     assert stopped["status"]["status_str"] == "error" and "Out of memory" in execution_error(stopped)

@@ -18,6 +18,9 @@ from safetensors import safe_open
 from tests.helpers import make_kohya_folder, make_messy_folder, write_image
 
 from . import harness
+
+# the plan's warm-up passes (trainer/preflight.py WARMUP_PASSES) call the model before step one
+WARMUP_PASSES = 3
 from .server import ComfyServer
 
 NODE_IDS = {
@@ -144,6 +147,26 @@ def test_graph_trains_saves_and_previews_through_the_executor(server):
     outputs = entry["outputs"]
     assert outputs["8"]["images"] and outputs["13"]["images"]     # loss graph and KSampler preview
     assert "trained 10 step(s)" in outputs["6"]["text"][0]
+
+
+def test_plan_only_shows_the_plan_and_skips_save_and_sampling_without_an_error(server):
+    """Train's plan_only: its summary is the plan (steps, saves, estimate, warnings); the other outputs are
+    ExecutionBlockers, so Save, the loss-graph preview and the KSampler after it are skipped, and nothing is
+    written."""
+    graph = training_graph("planned_only")
+    graph["6"]["inputs"].update(plan_only=True, save_every_n_epochs=1)
+    prompt_id = server.queue(graph)
+    entry = server.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success", (error_message(entry), server.read_log()[-4000:])
+    outputs = entry["outputs"]
+    plan = outputs["6"]["text"][0]
+    assert "plan only: nothing was trained or written" in plan
+    assert "= 10 step(s)" in plan and "planned_only-000001.safetensors" in plan and "estimate:" in plan
+    assert "warning(s) before step one" in plan or "no warnings" in plan
+    assert not outputs.get("8", {}).get("images") and not outputs.get("13", {}).get("images")
+    loras = os.path.join(server.base_dir, "models", "loras")
+    assert not [name for name in os.listdir(loras) if name.startswith("planned_only")]
+    assert not os.path.exists(os.path.join(server.base_dir, "output", "lora-trainer", "planned_only"))
 
 
 def test_live_route_serves_the_run_so_far_and_only_from_memory(server):
@@ -403,7 +426,7 @@ def test_a_diverging_run_stops_with_its_causes_keeps_its_work_and_leaves_comfyui
 def test_out_of_memory_mid_run_keeps_the_work_says_what_to_change_and_leaves_comfyui_usable(server):
     graph = training_graph("oom_run", epochs=5)
     graph["1"]["inputs"]["seed"] = 91                    # a model of its own (the hook stays on it)
-    graph["30"] = {"class_type": "RunsOutOfMemory", "inputs": {"model": ["1", 0], "at_forward": 4}}
+    graph["30"] = {"class_type": "RunsOutOfMemory", "inputs": {"model": ["1", 0], "at_forward": WARMUP_PASSES + 4}}
     graph["6"]["inputs"]["model"] = ["30", 0]
     for preview in ("9", "10", "11", "12", "13"):
         graph.pop(preview)
@@ -417,5 +440,18 @@ def test_out_of_memory_mid_run_keeps_the_work_says_what_to_change_and_leaves_com
         stopped = json.load(handle)
     assert stopped["status"].startswith("error") and stopped["step"] == 3
     assert os.path.isfile(os.path.join(stopped["state"], "state.json"))
+    # out of memory already in a warm-up pass: the plan's "will not fit" stop, before training, nothing written
+    graph = training_graph("oom_at_plan", epochs=1)
+    graph["1"]["inputs"]["seed"] = 92
+    graph["31"] = {"class_type": "RunsOutOfMemory", "inputs": {"model": ["1", 0], "at_forward": 1}}
+    graph["6"]["inputs"]["model"] = ["31", 0]
+    for preview in ("9", "10", "11", "12", "13"):
+        graph.pop(preview)
+    planned = server.wait(server.queue(graph))
+    assert planned["status"]["status_str"] == "error"
+    message = execution_error(planned)["exception_message"]
+    assert "will not fit" in message and "ran out of memory" in message and "gradient_checkpointing on" in message
+    assert not [name for name in os.listdir(os.path.join(server.base_dir, "models", "loras"))
+                if name.startswith("oom_at_plan")]
     again = server.wait(server.queue(training_graph("after_oom", epochs=1)))
     assert again["status"]["status_str"] == "success", error_message(again)

@@ -251,6 +251,8 @@ KEYS: tuple[Key, ...] = (
     Key("training", "channels_last", "bool", False, "The model's convolutions and the latents in NHWC layout."),
     Key("training", "max_token_length", "int", 75, "Captions are cut to this many tokens.", MAX_TOKEN_LENGTHS),
     Key("training", "scale_weight_norms", "float", 0.0, "Max-norm regularization of each module's update; 0 = off."),
+    Key("training", "plan_only", "bool", False, "Stop after the plan and its time and memory estimate; nothing "
+        "trains or is written."),
 
     *_objective_keys(),
     *_flow_keys(),

@@ -138,6 +138,8 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
 
     def remember_run(event: dict) -> None:
         state["run_name"] = event["run"]
+        if settings.plan_only:              # a plan writes nothing
+            return
         folder = folders.run_folder(event["run"])
         os.makedirs(folder, exist_ok=True)
         if not resume_from or not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
@@ -172,6 +174,9 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
     if state["bar"] is not None:
         state["bar"].close()
     if distributed is not None and not distributed.is_main:
+        return None
+    if session.planned_only:
+        say(session.summary)
         return None
     return finish(config, folders, session, loaded)
 
