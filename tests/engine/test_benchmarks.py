@@ -34,3 +34,12 @@ def test_dataset_scan_benchmark_runs(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dataset_scan", "--images", "20", "--rounds", "1"])
     dataset_scan.main()
     assert "ratio scan / decode" in capsys.readouterr().out
+
+
+def test_plan_estimate_benchmark_runs(capsys):
+    from benchmarks import plan_estimate
+
+    plan_estimate.main(["--smoke"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row.split("|")[1].strip() for row in rows] == [case.label for case in plan_estimate.CASES]
+    assert all(float(row.split("|")[5]) > 0 for row in rows)           # an estimate / measured ratio each
