@@ -165,15 +165,26 @@ def execute_lanes(runs: list[TierRun], options: list[str], run_slow: bool, repor
     if serial:
         lanes = [numbered]
 
+    stopped = threading.Event()             # Ctrl-C: the runs going on get it too; no lane starts another
+
     def work(lane) -> None:
         for number, run in lane:
+            if stopped.is_set():
+                return
             execute(run, options, run_slow, report_dir, number, printing)
 
-    threads = [threading.Thread(target=work, args=(lane,)) for lane in lanes if lane]
+    threads = [threading.Thread(target=work, args=(lane,), daemon=True) for lane in lanes if lane]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stopped.set()
+        for thread in threads:
+            thread.join()
+        raise
 
 
 def describe(run: TierRun) -> list[str]:

@@ -207,10 +207,9 @@ def estimate_run(ready: ReadyRun, measure: WarmupMeasure, budget: Callable[[torc
 def free_memory_budget(device: torch.device, resident: int) -> int | None:
     """What a run may hold on `device` in all: what it holds already (`resident`) and what is free. CUDA: the
     driver's free memory and the allocator's cached blocks; a CPU: MemAvailable (Linux); else unknown."""
-    if device.type == "cuda":
+    if device.type == "cuda":       # the peak is the allocator's own count: all it holds, and what is free
         free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return resident + free + cached
+        return free + torch.cuda.memory_reserved(device)
     if device.type == "cpu":
         try:
             with open("/proc/meminfo", encoding="ascii") as handle:
@@ -269,7 +268,11 @@ def fit_advice(ready: ReadyRun, measure: WarmupMeasure) -> list[str]:
     return advice
 
 
-def not_fitting(ready: ReadyRun, estimate: Estimate, measure: WarmupMeasure) -> ConfigError:
+class WillNotFit(ConfigError):
+    """The plan's stop before training: the run's memory estimate exceeds what is available."""
+
+
+def not_fitting(ready: ReadyRun, estimate: Estimate, measure: WarmupMeasure) -> WillNotFit:
     device = ready.stepper.device
     if estimate.out_of_memory:
         found = f"a warm-up pass at the largest bucket ran out of memory on {device}"
@@ -277,7 +280,7 @@ def not_fitting(ready: ReadyRun, estimate: Estimate, measure: WarmupMeasure) -> 
         found = (f"the estimated peak, {format_bytes(estimate.peak_bytes)}, is more than the "
                  f"{format_bytes(estimate.budget_bytes)} available on {device}")
     advice = fit_advice(ready, measure)
-    return ConfigError(f"This run will not fit: {found}. Nothing was trained or written. To make it fit: "
+    return WillNotFit(f"This run will not fit: {found}. Nothing was trained or written. To make it fit: "
                        + ("; ".join(advice) if advice else "close other models or use a larger device") + ".")
 
 
@@ -303,7 +306,10 @@ def preflight(ready: ReadyRun, run_name: str, clock: Callable[[], float],
               budget: Callable[[torch.device, int], int | None] = free_memory_budget,
               passes: int = WARMUP_PASSES) -> Preflight:
     """The plan, the estimate and the warnings of a run ready to start (module docstring)."""
-    measure = measure_warmup(ready.stepper, ready.network.trainable_parameters(), ready.model.frozen_root,
+    frozen = [ready.model.frozen_root]
+    if ready.model.text_encoder_root is not None:      # a training text encoder's weights are no activations
+        frozen.append(ready.model.text_encoder_root)
+    measure = measure_warmup(ready.stepper, ready.network.trainable_parameters(), frozen,
                              ready.cache, ready.captions, ready.settings.batch_size, passes, clock)
     estimate = estimate_run(ready, measure, budget)
     warnings = run_warnings(ready, ready.stepper.device.type)
@@ -311,7 +317,7 @@ def preflight(ready: ReadyRun, run_name: str, clock: Callable[[], float],
     lines = [ready.cache.dataset.describe(), step_formula(ready.cache, ready.plan, ready.settings.batch_size),
              describe_save_points(points, ready.settings.keep_last_n),
              describe_modules(ready), describe_precision(ready),
-             describe_estimate(estimate, measure, ready.plan.total_steps)]
+             describe_estimate(estimate, measure, ready.plan.total_steps - ready.first_step)]
     if warnings:
         lines.append(f"{len(warnings)} warning(s) before step one:")
         lines.extend(f"  - {warning}" for warning in warnings)

@@ -338,6 +338,9 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
     LoRA. The host writes its own files (the final LoRA) on rank 0 only.
     """
     settings = settings.validated()
+    if distributed is not None and settings.plan_only:
+        raise ConfigError("plan_only shows one process's plan and estimate: run it without torchrun, then train "
+                          "with torchrun and plan_only off.")
     if distributed is not None:         # a Cancel another process saw is this run's Cancel too
         host_is_cancel = is_cancel
 
@@ -440,13 +443,20 @@ def run_session(trainable: TrainableModel, latents: LatentCache, network: Networ
 
     def on_ready(ready: ReadyRun) -> None:
         nonlocal plan_text               # the run log and the summary carry the whole plan from here on
-        found = preflight(ready, run_name, clock, memory_budget)
+        try:
+            found = preflight(ready, run_name, clock, memory_budget)
+        except Exception:                   # the plan is a report: a failure in it never stops a run that trains
+            if settings.plan_only:
+                raise
+            logging.exception("lora-trainer %s: the plan could not be made; training goes on", run_name)
+            return
         # the settings' warnings are listed once, with the run's, at the end of the plan
-        settings_lines = [line for line in plan_text.splitlines() if not line.startswith("warning: ")]
+        settings_lines = [line for line in plan_text.splitlines() if not line.lstrip().startswith("warning: ")]
         plan_text = text = "\n".join(settings_lines) + "\n" + found.text
         logging.info("lora-trainer %s plan:\n%s", run_name, text)
-        reporter.update(ready.first_step, f"run {run_name}: {plan.total_steps} steps; "
-                        + describe_estimate(found.estimate, found.measure, plan.total_steps).splitlines()[0],
+        reporter.update(ready.first_step, f"run {run_name}: {ready.plan.total_steps} steps; "
+                        + describe_estimate(found.estimate, found.measure,
+                                            ready.plan.total_steps - ready.first_step).splitlines()[0],
                         {"run": run_name, "plan": text})
         if not found.estimate.fits:
             error = not_fitting(ready, found.estimate, found.measure)

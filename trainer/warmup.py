@@ -8,6 +8,7 @@ are never touched. So the run that follows is the run without warm-up passes, bi
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,15 +42,13 @@ class SavedBytes:
     parameters (the model's weights are not activations)."""
 
     def __init__(self, parameters):
-        self.excluded = {p.untyped_storage().data_ptr() for p in parameters}
+        self.excluded = {storage_address(p) for p in parameters}
         self.sizes: dict[int, int] = {}
 
     def pack(self, tensor):
-        if tensor.device.type != "meta":
-            storage = tensor.untyped_storage()
-            address = storage.data_ptr()
-            if address not in self.excluded:
-                self.sizes.setdefault(address, storage.nbytes())
+        address = storage_address(tensor)
+        if address is not None and address not in self.excluded:
+            self.sizes.setdefault(address, tensor.untyped_storage().nbytes())
         return tensor
 
     @property
@@ -64,7 +63,18 @@ def largest_batch(cache: LatentCache, batch_size: int) -> tuple[list[CachedSampl
     return [samples[i % len(samples)] for i in range(batch_size)], size
 
 
-def measure_warmup(stepper: TrainStep, parameters: list[torch.nn.Parameter], frozen: torch.nn.Module,
+def storage_address(tensor) -> int | None:
+    """A tensor's storage address, None for tensors without one of their own (meta, wrapper subclasses such as
+    ComfyUI's quantized weights)."""
+    if tensor.device.type == "meta":
+        return None
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def measure_warmup(stepper: TrainStep, parameters: list[torch.nn.Parameter], frozen: list[torch.nn.Module],
                    cache: LatentCache, captions, batch_size: int, passes: int,
                    clock: Callable[[], float]) -> WarmupMeasure:
     """`passes` forward + backward passes of the largest bucket's batch, each timed by `clock` (synchronised on
@@ -74,35 +84,44 @@ def measure_warmup(stepper: TrainStep, parameters: list[torch.nn.Parameter], fro
     device = stepper.device
     cuda = device.type == "cuda"
     generator_state = stepper.generator.get_state()
-    counter = SavedBytes([*parameters, *frozen.parameters()])
+    counter = SavedBytes([*parameters, *(t for root in frozen for t in (*root.parameters(), *root.buffers()))])
+    try:
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            seconds, before, peak, out_of_memory = _passes(stepper, parameters, batch, texts, passes, clock,
+                                                           counter)
+    finally:                                # whatever happened in the passes, the run's stream is as it was
+        stepper.generator.set_state(generator_state)
+        for parameter in parameters:
+            parameter.grad = None
+    return WarmupMeasure(tuple(seconds), size, batch_size, counter.total, peak, before, out_of_memory)
+
+
+def _passes(stepper: TrainStep, parameters, batch, texts, passes: int, clock, counter: SavedBytes):
+    """The timed passes: (seconds of each, CUDA bytes allocated before and at most, whether memory ran out)."""
+    device = stepper.device
+    cuda = device.type == "cuda"
     seconds: list[float] = []
     before = peak = None
     out_of_memory = False
-    with torch.random.fork_rng(devices=[device] if cuda else []):
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        try:
-            for index in range(passes):
-                hooks = torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda tensor: tensor)
-                start = clock()
-                if index == 0:
-                    with hooks:
-                        stepper.forward_backward(batch, 1, texts)
-                else:
-                    stepper.forward_backward(batch, 1, texts)
-                if cuda:
-                    torch.cuda.synchronize(device)
-                seconds.append(clock() - start)
-                for parameter in parameters:
-                    parameter.grad = None
-        except OUT_OF_MEMORY:
-            out_of_memory = True
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    try:
+        for index in range(passes):
+            counting = torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda tensor: tensor) \
+                if index == 0 else nullcontext()
+            start = clock()
+            with counting:
+                stepper.forward_backward(batch, 1, texts)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds.append(clock() - start)
             for parameter in parameters:
                 parameter.grad = None
-        if cuda:
-            peak = torch.cuda.max_memory_allocated(device)
-            torch.cuda.empty_cache()
-    stepper.generator.set_state(generator_state)
-    return WarmupMeasure(tuple(seconds), size, batch_size, counter.total, peak, before, out_of_memory)
+    except OUT_OF_MEMORY:
+        out_of_memory = True
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.empty_cache()
+    return seconds, before, peak, out_of_memory

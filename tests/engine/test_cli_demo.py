@@ -223,3 +223,29 @@ def test_ctrl_c_under_torchrun_cancels_every_process_at_one_step_and_resumes_exa
     assert main(["train", str(whole_config)]) == 0
     whole = safetensors.torch.load_file(str(tmp_path / "whole" / "loras" / "stop.safetensors"))
     assert max(float((whole[key] - resumed[key]).abs().max()) for key in whole) < 1e-5
+
+
+def test_the_command_lines_plan_only_and_will_not_fit_stops_write_nothing(tmp_path, capsys, monkeypatch):
+    """`plan_only = true` prints the plan and writes no run folder; a run the plan stops (here: a warm-up pass out
+    of memory) leaves no folder either, so its name stays free for the next try."""
+    import dataclasses
+
+    import trainer.preflight as preflight
+
+    looked = tmp_path / "looked.toml"
+    config = LONG_RUN.format(out=tmp_path / "looked", repo=REPO_ROOT, epochs=1)
+    looked.write_text(config.replace("[save]", "plan_only = true\n[save]"), encoding="utf-8")
+    assert main(["train", str(looked)]) == 0
+    out = capsys.readouterr()
+    assert "estimate:" in out.out + out.err and "plan only: nothing was trained or written" in out.out + out.err
+    assert not os.path.exists(tmp_path / "looked" / "runs" / "stop") and not os.listdir(tmp_path / "looked" / "loras")
+
+    measured = preflight.measure_warmup
+    monkeypatch.setattr(preflight, "measure_warmup", lambda *args: dataclasses.replace(measured(*args),
+                                                                                        out_of_memory=True))
+    stopped = tmp_path / "stopped.toml"
+    stopped.write_text(LONG_RUN.format(out=tmp_path / "stopped", repo=REPO_ROOT, epochs=1), encoding="utf-8")
+    assert main(["train", str(stopped)]) != 0
+    out = capsys.readouterr()
+    assert "will not fit" in out.out + out.err
+    assert not os.path.exists(tmp_path / "stopped" / "runs" / "stop")

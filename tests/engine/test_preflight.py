@@ -69,11 +69,31 @@ def test_the_plans_steps_and_saves_are_what_the_run_then_does(tmp_path, tiny_vae
     assert "ceil(" in session.summary and f"-> {plan.batches_per_epoch}" in session.summary
 
 
-def test_the_estimate_is_the_warm_up_passes_time_and_they_leave_the_run_as_it_was(tmp_path, tiny_vae_encoder):
+@pytest.mark.parametrize("settings", [TrainSettings(epochs=0, max_steps=7, batch_size=2, save_every_n_epochs=1,
+                                                    save_every_n_steps=2),
+                                      TrainSettings(epochs=3, batch_size=1, save_every_n_epochs=2,
+                                                    save_every_n_steps=3)],
+                         ids=["max_steps_cuts_the_last_epoch", "step_saves_at_epoch_ends"])
+def test_save_points_are_the_loops_own(tmp_path, tiny_vae_encoder, settings):
+    from trainer.loop import TrainCallbacks
+
     cache = small_cache(tmp_path, tiny_vae_encoder)
-    args = (NetworkConfig(rank=4, alpha=2, network_dropout=0.1),        # dropout draws from the step's stream
-            OptimizerConfig(learning_rate=2e-3))
-    settings = TrainSettings(output_name="timed", epochs=2, batch_size=2, seed=5, gradient_accumulation_steps=2)
+    saves = []
+    train_lora(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(), settings,
+               TrainCallbacks(on_checkpoint=lambda progress, state, kind: saves.append((progress.step, kind))))
+    assert saves and [(p.step, p.kind) for p in save_points(plan_run(cache, settings), settings, "x")] == saves
+
+
+@pytest.mark.parametrize("network, checkpointing", [(NetworkConfig(rank=4, alpha=2, network_dropout=0.1), False),
+                                                    (NetworkConfig("DyLoRA", rank=4, alpha=2, dylora_unit=2), True)],
+                         ids=["dropout", "dylora_checkpointed"])
+def test_the_estimate_is_the_warm_up_passes_time_and_they_leave_the_run_as_it_was(tmp_path, tiny_vae_encoder,
+                                                                                  network, checkpointing):
+    """Dropout coins and DyLoRA's rank draws come from the step's stream, which the warm-up puts back."""
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    args = (network, OptimizerConfig(learning_rate=2e-3))
+    settings = TrainSettings(output_name="timed", epochs=2, batch_size=2, seed=5, gradient_accumulation_steps=2,
+                             gradient_checkpointing=checkpointing)
     plain = train_lora(fresh_model(), cache, *args, settings)          # no plan, no warm-up passes
     session = run_session(fresh_model(), cache, *args, settings, folders_in(tmp_path), clock=ticking_clock(0.25))
     assert all(torch.equal(session.result.tensors[k], plain.tensors[k]) for k in plain.tensors)

@@ -55,7 +55,9 @@ class TerminalProgress:
                 self.bar.update(value - self.bar.n)
             self.write(text or "")
             return
-        if event and "loss" in event:
+        if event and "plan" in event:       # the run's plan, before its first step
+            self.write(event["plan"])
+        elif event and "loss" in event:
             self._step(value, event)
         elif event and "validation_loss" in event:
             self.write(f"step {event['step']}: validation loss {event['validation_loss']:.4f}")

@@ -16,6 +16,7 @@ import torch
 
 from ..atomic_files import write_atomic
 from ..errors import ConfigError
+from ..preflight import WillNotFit
 from ..latent_cache import cache_latents
 from ..lora_file import checkpoint_hashes, save_lora
 from ..paths import LATENT_CACHE_FOLDER
@@ -167,6 +168,9 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
     except BaseException as exc:
         if state["bar"] is not None:
             state["bar"].close()
+        if isinstance(exc, WillNotFit) and state["run_name"] and not resume_from:
+            remove_unstarted_run(folders.run_folder(state["run_name"]))     # the plan stopped it: nothing kept
+            raise
         if state["run_name"] and (ctrl_c.is_cancel(exc) or isinstance(exc, Exception)):
             cancelled = ctrl_c.is_cancel(exc)
             raise RunStopped(stopped_message(folders, state["run_name"], cancelled, exc), cancelled) from exc
@@ -175,10 +179,17 @@ def train_on_this_process(config: RunConfig, resume_from: str, model: LoadedMode
         state["bar"].close()
     if distributed is not None and not distributed.is_main:
         return None
-    if session.planned_only:
-        say(session.summary)
+    if session.planned_only:                # the plan was printed before step one
+        say(session.summary.splitlines()[-1])
         return None
     return finish(config, folders, session, loaded)
+
+
+def remove_unstarted_run(folder: str) -> None:
+    """A run folder that holds only the config.toml written at its start: removed, so its name stays free."""
+    if os.path.isdir(folder) and os.listdir(folder) == [CONFIG_FILE]:
+        os.remove(os.path.join(folder, CONFIG_FILE))
+        os.rmdir(folder)
 
 
 def finish(config: RunConfig, folders: RunFolders, session, loaded: LoadedModel) -> RunFiles:
