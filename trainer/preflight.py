@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError
+from .flow_objective import FlowSettings
 from .latent_cache import LatentCache
 from .loop import ReadyRun
 from .memory import LORA_BYTES_PER_PARAMETER
@@ -120,6 +121,15 @@ def run_warnings(ready: ReadyRun, device_type: str) -> list[str]:
             found.append(f"{missing} image(s) in {subset.name} have no {subset.caption_extension} caption file and "
                          f"train on the folder's class tokens '{subset.class_tokens}'; add caption files if that "
                          "is not what you want.")
+    for subset in dataset.subsets:
+        options = subset.caption_options
+        if options.keep_tokens and not options.processes_tags:
+            found.append(f"keep_tokens {options.keep_tokens} in {subset.name} does nothing: it keeps the first tags "
+                         "in place when captions are shuffled or tags dropped, and neither is on (shuffle_caption, "
+                         "caption_tag_dropout_rate).")
+    if ready.model.denoiser.prediction_type != "flow" and settings_flow_changed(ready.settings):
+        found.append("timestep_sampling / discrete_flow_shift / weighting_scheme / guidance_scale are set, but this "
+                     "MODEL is not a flow-matching model: they are ignored (its objective is kohya's DDPM one).")
     broken = [sample.image_path for sample in ready.cache.samples
               if torch.is_tensor(sample.latent) and not bool(torch.isfinite(sample.latent).all())]
     if broken:
@@ -144,6 +154,10 @@ def run_warnings(ready: ReadyRun, device_type: str) -> list[str]:
         found.append("caption shuffle / dropout with a flow-matching model keeps its text encoders (T5, an LLM) on "
                      "the device to encode each step's caption; fixed captions are encoded once and let them go.")
     return found
+
+
+def settings_flow_changed(settings: TrainSettings) -> bool:
+    return settings.flow != FlowSettings()
 
 
 # ---- the estimate ------------------------------------------------------------------------------------------------

@@ -144,6 +144,28 @@ def test_every_warning_is_listed_once_before_step_one(tmp_path, tiny_vae_encoder
     assert "2 image(s) in 2_sks dog have no .txt caption file" in listed
 
 
+def test_options_the_run_ignores_are_named(tmp_path, tiny_vae_encoder):
+    """Flow-matching options on an SD model, keep_tokens with nothing that moves tags."""
+    from dataclasses import replace
+
+    from trainer.flow_objective import FlowSettings
+
+    cache = small_cache(tmp_path, tiny_vae_encoder)
+    for samples in cache.buckets.values():
+        for index, sample in enumerate(samples):
+            samples[index] = replace(sample, caption_options=replace(sample.caption_options, keep_tokens=1))
+    subsets = tuple(replace(s, caption_options=replace(s.caption_options, keep_tokens=1))
+                    for s in cache.dataset.subsets)
+    cache.dataset = replace(cache.dataset, subsets=subsets)
+    settings = TrainSettings(output_name="ignored", epochs=1, batch_size=2, plan_only=True,
+                             flow=FlowSettings(timestep_sampling="sigmoid"))
+    session = run_session(fresh_model(), cache, NetworkConfig(rank=2), OptimizerConfig(), settings,
+                          folders_in(tmp_path))
+    listed = session.summary.split("warning(s) before step one:")[1]
+    assert "keep_tokens 1 in 2_sks dog does nothing" in listed
+    assert "is not a flow-matching model: they are ignored" in listed
+
+
 def test_latents_a_vae_overflowed_in_are_named_before_step_one(tmp_path, tiny_vae_encoder):
     """SDXL's VAE in fp16 overflows to NaN latents: the plan says so and what to re-cache with."""
     cache = small_cache(tmp_path, tiny_vae_encoder)
