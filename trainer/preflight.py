@@ -127,7 +127,7 @@ def run_warnings(ready: ReadyRun, device_type: str) -> list[str]:
             found.append(f"keep_tokens {options.keep_tokens} in {subset.name} does nothing: it keeps the first tags "
                          "in place when captions are shuffled or tags dropped, and neither is on (shuffle_caption, "
                          "caption_tag_dropout_rate).")
-    if ready.model.denoiser.prediction_type != "flow" and settings_flow_changed(ready.settings):
+    if ready.model.denoiser.prediction_type != "flow" and ready.settings.flow != FlowSettings():
         found.append("timestep_sampling / discrete_flow_shift / weighting_scheme / guidance_scale are set, but this "
                      "MODEL is not a flow-matching model: they are ignored (its objective is kohya's DDPM one).")
     broken = [sample.image_path for sample in ready.cache.samples
@@ -154,10 +154,6 @@ def run_warnings(ready: ReadyRun, device_type: str) -> list[str]:
         found.append("caption shuffle / dropout with a flow-matching model keeps its text encoders (T5, an LLM) on "
                      "the device to encode each step's caption; fixed captions are encoded once and let them go.")
     return found
-
-
-def settings_flow_changed(settings: TrainSettings) -> bool:
-    return settings.flow != FlowSettings()
 
 
 # ---- the estimate ------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .interfaces import TrainableModel
 from .latent_cache import LatentCache
 from .loop import (ReadyRun, TrainCallbacks, TrainProgress, TrainResult, describe_precision, train_lora,
                    training_precision)
-from .preflight import PlanOnly, describe_estimate, free_memory_budget, not_fitting, preflight
+from .preflight import FP8_DTYPES, PlanOnly, describe_estimate, free_memory_budget, not_fitting, preflight
 from .lora_file import TrainedLora, new_session_id, save_lora
 from .loss_plot import draw_loss_plot
 from .metadata import training_metadata
@@ -37,7 +37,6 @@ from .paths import checked_run_name
 from .plan import TrainPlan, TrainSettings, plan_run
 from .resume import TrainState, latest_state_folder, load_state, save_state, state_folder_name
 
-FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 
 
 @dataclass(frozen=True)
